@@ -1,0 +1,3 @@
+from nsattach.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,679 @@
+"""RawConfig -> Plan: every option converted, every cross-reference checked, every problem
+collected, before anything runs.
+
+``build_plan`` either returns a frozen Plan or raises one ConfigError carrying every problem
+it found, each naming file, line and key. It reads the account databases (user and group
+names) and looks at the filesystem only to warn (a jail root that does not exist yet is a
+warning here, a precise error when the jail is built).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import re
+import shlex
+import signal
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from nsattach.config import convert as c
+from nsattach.config.model import (
+    DEFAULT_MAX_THROTTLE_S, DEFAULT_PIDFILE_FREQ, DEFAULT_RELOAD_MERCY_S, DaemonKind, DaemonPlan,
+    HookPlan, Identity, KeepMount, LegionActionPlan, LegionNodePlan, LegionPlan, LegionSettings,
+    MasterPlan, NamespacePlan, Plan,
+)
+from nsattach.config.options import APP_SERVER_KEYS, HOOK_PHASES, REFUSED_KEYS, lookup, suggest
+from nsattach.config.raw import Entry, RawConfig
+from nsattach.errors import ConfigError, ConfigProblem, Origin
+from nsattach.legion.ciphers import lookup_cipher
+
+DAEMON2_KEYS = (
+    "command", "cmd", "exec", "name", "freq", "pidfile", "control", "daemonize", "daemon", "touch",
+    "stopsignal", "stop_signal", "reloadsignal", "reload_signal", "stdin", "uid", "gid", "ns_pid",
+    "chdir", "max_throttle", "notifypid", "legion",
+)
+DAEMON2_FLAGS = ("control", "daemonize", "daemon", "stdin", "ns_pid", "notifypid")
+
+UNSHARE_NAMES = ("files", "ipc", "net", "io", "parent", "pid", "ns", "fs", "mount", "mnt", "sysvsem", "uts", "user")
+
+HOOK_ACTIONS = (
+    "exec", "safeexec", "mount", "umount", "cd", "chdir", "mkdir", "putenv", "create", "creat",
+    "write", "writen", "append", "appendn", "writefifo", "spinningfifo", "unlink", "chmod",
+    "sticky", "chown", "chown2", "hostname", "print", "log", "exit", "wait_for_fs",
+    "wait_for_file", "wait_for_dir", "wait_for_socket",
+)
+HOOK_ACTIONS_REFUSED = ("call", "callret", "callint", "callintret", "unix_signal", "rpc", "retryrpc", "alarm")
+MOUNT_FLAGS = ("bind", "dirsync", "mandlock", "move", "noatime", "nodev", "noexec", "rdonly",
+               "readonly", "ro", "remount", "nosuid", "sync", "rec", "recursive", "private",
+               "shared", "slave", "unbindable", "defaults")
+UMOUNT_FLAGS = ("rec", "recursive", "detach", "force", "expire", "nofollow")
+
+LEGION_EVENTS = ("setup", "join", "lord", "unlord", "death", "node-joined", "node-left")
+LEGION_ACTIONS = ("cmd", "exec", "log")
+
+NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@+-]{0,63}$")
+ENV_NAME_RE = re.compile(r"^[^=\0]+$")
+HOSTNAME_RE = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,62})$")
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.errors: list[ConfigProblem] = []
+
+    def add(self, entry: Entry | None, message: str, key: str | None = None) -> None:
+        origin = entry.origin if entry is not None else None
+        self.errors.append(ConfigProblem(origin, key or (entry.key if entry else None), message))
+
+
+@dataclass
+class _Draft:
+    """A daemon while it is being built: plain fields, checked and frozen at the end."""
+
+    option: str
+    entry: Entry
+    command: str = ""
+    name: str | None = None
+    pidfile: str | None = None
+    daemonize: bool = False
+    freq: int = DEFAULT_PIDFILE_FREQ
+    control: bool = False
+    stop_signal: int = int(signal.SIGTERM)
+    reload_signal: int | None = None
+    uid: str | None = None
+    gid: str | None = None
+    honour_stdin: bool = False
+    touch: list[str] = field(default_factory=list)
+    legion: str | None = None
+    ns_pid: bool = False
+    chdir: str | None = None
+    max_throttle: int = 0
+    notifypid: bool = False
+
+
+def build_plan(raw: RawConfig, *, cwd: str | None = None, accounts: c.Accounts = c.SYSTEM_ACCOUNTS) -> Plan:
+    return _Builder(raw, cwd or os.getcwd(), accounts).build()
+
+
+class _Builder:
+    def __init__(self, raw: RawConfig, cwd: str, accounts: c.Accounts):
+        self.raw = raw
+        self.cwd = cwd
+        self.accounts = accounts
+        self.problems = _Problems()
+        self.warnings: list[str] = [str(w) for w in raw.warnings]
+        self.values: dict[str, list[tuple[Any, Entry]]] = {}
+        self.ignored: list[str] = []
+
+    # -- generic option handling ------------------------------------------------------
+
+    def build(self) -> Plan:
+        self._convert_entries()
+        master = self._master()
+        legions, legion_settings = self._legions()
+        daemons = self._daemons(master, {lg.name for lg in legions})
+        namespace = self._namespace()
+        hooks = self._hooks()
+        if self.problems.errors:
+            raise ConfigError(self.problems.errors)
+        if self.ignored:
+            names = ", ".join(dict.fromkeys(self.ignored))
+            self.warnings.append(f"ignored uWSGI application-server options (nsattach runs no application server): {names}")
+        return Plan(
+            config_files=tuple(self.raw.files), master=master, daemons=tuple(daemons),
+            namespace=namespace, hooks=tuple(hooks), legions=tuple(legions),
+            legion_settings=legion_settings, ignored_options=tuple(dict.fromkeys(self.ignored)),
+            warnings=tuple(self.warnings),
+        )
+
+    def _convert_entries(self) -> None:
+        for entry in self.raw.entries:
+            opt = lookup(entry.key)
+            if opt is None:
+                if entry.key in APP_SERVER_KEYS:
+                    self.ignored.append(entry.key)
+                elif entry.key in REFUSED_KEYS:
+                    self.problems.add(entry, f"not supported: {REFUSED_KEYS[entry.key]}")
+                elif entry.key in self.raw.placeholders:
+                    pass   # a placeholder, used as %(name) somewhere
+                else:
+                    hint = suggest(entry.key)
+                    did_you_mean = f"did you mean {hint!r}? " if hint else ""
+                    self.problems.add(entry, f"unknown option ({did_you_mean}see nsattach --help-options; "
+                                             f"a placeholder must be used as %({entry.key}) or set with set-placeholder)")
+                continue
+            if opt.immediate:
+                continue
+            try:
+                value = opt.convert(entry.value)
+            except ValueError as exc:
+                self.problems.add(entry, str(exc))
+                continue
+            self.values.setdefault(opt.name, []).append((value, entry))
+
+    def _all(self, name: str) -> list[tuple[Any, Entry]]:
+        return self.values.get(name, [])
+
+    def _last(self, name: str, default: Any = None) -> tuple[Any, Entry | None]:
+        items = self.values.get(name)
+        if not items:
+            opt = lookup(name)
+            return (opt.default if default is None and opt is not None else default), None
+        return items[-1]
+
+    def _abspath(self, path: str, base: str | None = None) -> str:
+        return posixpath.normpath(posixpath.join(base or self.cwd, path))
+
+    # -- master ---------------------------------------------------------------------------
+
+    def _master(self) -> MasterPlan:
+        identity = Identity()
+        uid, uid_entry = self._last("uid")
+        gid, gid_entry = self._last("gid")
+        if uid is not None or gid is not None:
+            try:
+                identity = c.resolve_identity(uid, gid, self.accounts)
+            except ValueError as exc:
+                self.problems.add(uid_entry or gid_entry, str(exc))
+        pidfile, _ = self._last("pidfile")
+        mercy, _ = self._last("reload-mercy")
+        chdir, chdir_entry = self._last("chdir")
+        if chdir is not None:
+            chdir = self._abspath(chdir)
+            if not os.path.isdir(chdir):
+                self.warnings.append(f"{chdir_entry.origin}: chdir: {chdir} is not a directory (yet)")
+        env: list[tuple[str, str]] = []
+        for value, entry in self._all("env"):
+            key, sep, val = value.partition("=")
+            if not sep or not key or not ENV_NAME_RE.match(key):
+                self.problems.add(entry, f"{value!r} is not NAME=VALUE")
+            else:
+                env.append((key, val))
+        binsh = "/bin/sh"
+        shells = [v for v, _ in self._all("binsh")]
+        for shell in shells:
+            if os.access(shell, os.X_OK):
+                binsh = shell
+                break
+        else:
+            if shells:
+                self.warnings.append(f"binsh: none of {', '.join(shells)} is executable; using /bin/sh")
+        unshare: list[str] = []
+        for value, entry in self._all("unshare"):
+            for name in (n.strip() for n in value.split(",")):
+                if name not in UNSHARE_NAMES:
+                    self.problems.add(entry, f"unknown namespace {name!r} (valid: {', '.join(UNSHARE_NAMES)})")
+                else:
+                    unshare.append(name)
+        logto, _ = self._last("logto")
+        return MasterPlan(
+            identity=identity,
+            pidfile=self._abspath(pidfile) if pidfile else None,
+            reload_mercy=mercy or DEFAULT_RELOAD_MERCY_S,
+            touch_reload=tuple(self._abspath(v) for v, _ in self._all("touch-reload")),
+            master_fifo=tuple(self._abspath(v) for v, _ in self._all("master-fifo")),
+            logto=self._abspath(logto) if logto else None,
+            chdir=chdir,
+            vacuum=self._last("vacuum")[0],
+            daemons_honour_stdin=self._last("daemons-honour-stdin")[0],
+            binsh=binsh,
+            env=tuple(env),
+            unenv=tuple(v for v, _ in self._all("unenv")),
+            unshare=tuple(unshare),
+        )
+
+    # -- daemons --------------------------------------------------------------------------
+
+    def _daemons(self, master: MasterPlan, legion_names: set[str]) -> list[DaemonPlan]:
+        drafts: list[_Draft] = []
+        # config order across all daemon options: sort the entries by their position
+        daemon_options = ("attach-daemon", "attach-control-daemon", "smart-attach-daemon",
+                          "smart-attach-daemon2", "attach-daemon2", "legion-attach-daemon",
+                          "legion-smart-attach-daemon", "legion-smart-attach-daemon2")
+        order = {id(e): i for i, e in enumerate(self.raw.entries)}
+        items = [(value, entry, opt) for opt in daemon_options for value, entry in self._all(opt)]
+        items.sort(key=lambda item: order[id(item[1])])
+        for value, entry, opt in items:
+            draft = self._parse_daemon(opt, value, entry)
+            if draft is not None:
+                drafts.append(draft)
+        self._name_daemons(drafts)
+        plans = [p for p in (self._finish_daemon(d, master, legion_names) for d in drafts) if p is not None]
+        seen: dict[str, DaemonPlan] = {}
+        for plan in plans:
+            if plan.pidfile:
+                other = seen.get(plan.pidfile)
+                if other is not None:
+                    self.problems.errors.append(ConfigProblem(
+                        plan.origin, plan.option,
+                        f"pidfile {plan.pidfile} is also used by daemon {other.name!r} ({other.origin}); "
+                        "each daemon needs its own pidfile"))
+                else:
+                    seen[plan.pidfile] = plan
+        return plans
+
+    def _parse_daemon(self, option: str, value: str, entry: Entry) -> _Draft | None:
+        draft = _Draft(option=option, entry=entry)
+        text = value.strip()
+        if option.startswith("legion-"):
+            legion, sep, text = text.partition(" ")
+            text = text.strip()
+            if not sep or not text:
+                self.problems.add(entry, f"invalid legion daemon syntax (expected: LEGION {'COMMAND' if option == 'legion-attach-daemon' else 'PIDFILE[,FREQ] COMMAND'})")
+                return None
+            draft.legion = legion
+            base = option[len("legion-"):]
+        else:
+            base = option
+        if base in ("attach-daemon", "attach-control-daemon"):
+            draft.command = text
+            draft.control = base == "attach-control-daemon"
+        elif base in ("smart-attach-daemon", "smart-attach-daemon2"):
+            head, sep, command = text.partition(" ")
+            if not sep or not command.strip():
+                self.problems.add(entry, f"invalid {base} syntax (expected: PIDFILE[,FREQ] COMMAND)")
+                return None
+            pidfile, comma, freq = head.partition(",")
+            if comma:
+                try:
+                    draft.freq = c.as_int(freq, 1)
+                except ValueError as exc:
+                    self.problems.add(entry, f"freq: {exc}")
+                    return None
+            draft.pidfile = pidfile
+            draft.command = command.strip()
+            draft.daemonize = base == "smart-attach-daemon2"
+        else:   # attach-daemon2
+            if not self._parse_daemon2(draft, text, entry):
+                return None
+        return draft
+
+    def _parse_daemon2(self, draft: _Draft, text: str, entry: Entry) -> bool:
+        ok = True
+        command_keys = []
+        for key, value in c.parse_kvlist(text):
+            if key not in DAEMON2_KEYS:
+                hint = suggest_from(key, DAEMON2_KEYS)
+                self.problems.add(entry, f"unknown attach-daemon2 key {key!r}"
+                                         f"{f' (did you mean {hint!r}?)' if hint else ''}; valid keys: {', '.join(DAEMON2_KEYS)}")
+                ok = False
+                continue
+            try:
+                if key in DAEMON2_FLAGS:
+                    flag = True if value is None else c.as_bool(value)
+                    setattr(draft, {"daemon": "daemonize", "stdin": "honour_stdin"}.get(key, key), flag)
+                    continue
+                if value is None:
+                    raise ValueError("needs a value (key=value)")
+                if key in ("command", "cmd", "exec"):
+                    draft.command = value.strip()
+                    command_keys.append(key)
+                elif key == "name":
+                    draft.name = value.strip()
+                elif key == "freq":
+                    draft.freq = c.as_int(value, 1)
+                elif key == "pidfile":
+                    draft.pidfile = c.as_nonempty(value).strip()
+                elif key == "touch":
+                    draft.touch = c.split_touch_list(value)
+                elif key in ("stopsignal", "stop_signal"):
+                    draft.stop_signal = c.as_signal(value)
+                elif key in ("reloadsignal", "reload_signal"):
+                    draft.reload_signal = None if value.strip() == "0" else c.as_signal(value)
+                elif key == "uid":
+                    draft.uid = value
+                elif key == "gid":
+                    draft.gid = value
+                elif key == "chdir":
+                    draft.chdir = c.as_nonempty(value).strip()
+                elif key == "max_throttle":
+                    draft.max_throttle = c.as_int(value, 0)
+                elif key == "legion":
+                    draft.legion = c.as_nonempty(value).strip()
+            except ValueError as exc:
+                self.problems.add(entry, f"attach-daemon2 key {key}: {exc}")
+                ok = False
+        if not draft.command:
+            self.problems.add(entry, "you need to specify a 'command' key (command=, cmd= or exec=)")
+            ok = False
+        return ok
+
+    def _name_daemons(self, drafts: list[_Draft]) -> None:
+        taken: dict[str, _Draft] = {}
+        for d in drafts:
+            if d.name is None:
+                continue
+            if not NAME_RE.match(d.name):
+                self.problems.add(d.entry, f"attach-daemon2 key name: {d.name!r} is not a valid daemon name "
+                                           "(letters, digits and . _ @ + -, at most 64 characters, starting with a letter or digit)")
+            elif d.name in taken:
+                self.problems.add(d.entry, f"daemon name {d.name!r} is already used at {taken[d.name].entry.origin}")
+            else:
+                taken[d.name] = d
+        for d in drafts:
+            if d.name is not None:
+                continue
+            base = program_name(d.command)
+            name, n = base, 1
+            while name in taken:
+                n += 1
+                name = f"{base}-{n}"
+            d.name = name
+            taken[name] = d
+
+    def _finish_daemon(self, d: _Draft, master: MasterPlan, legion_names: set[str]) -> DaemonPlan | None:
+        entry = d.entry
+        before = len(self.problems.errors)
+        if d.ns_pid and d.daemonize:
+            self.problems.add(entry, "ns_pid cannot be combined with daemonize: the pid written would be "
+                                     "namespace-local (uWSGI Q-D7)")
+        elif d.ns_pid:
+            self.problems.add(entry, "ns_pid is not supported yet (per-daemon PID namespaces come with the "
+                                     "namespace work); remove it rather than have it ignored")
+        if d.daemonize and not d.pidfile:
+            self.problems.add(entry, "daemonize needs a pidfile (pidfile=PATH): without one the daemon could "
+                                     "never be found again (uWSGI Q-D6 respawns it forever)")
+        if d.notifypid and not d.pidfile:
+            self.problems.add(entry, "notifypid only applies to daemons with a pidfile")
+        if d.control and d.pidfile:
+            self.problems.add(entry, "control only applies to daemons without a pidfile (uWSGI ignores it there)")
+        if d.legion is not None:
+            if d.option == "attach-daemon2":
+                self.problems.add(entry, "attach-daemon2 key legion is not supported yet (legion daemons come "
+                                         "with the Legion work); uWSGI silently ignores it, nsattach refuses it")
+            elif d.legion not in legion_names:
+                defined = ", ".join(sorted(legion_names)) or "none defined"
+                self.problems.add(entry, f"legion {d.legion!r} is not defined by any legion/legion-mcast line ({defined})")
+        if d.control and d.legion:
+            self.problems.add(entry, "a legion daemon cannot be a control daemon")
+        identity = Identity()
+        if d.uid is not None or d.gid is not None:
+            try:
+                identity = c.resolve_identity(d.uid, d.gid, self.accounts)
+            except ValueError as exc:
+                self.problems.add(entry, str(exc))
+        if len(self.problems.errors) != before:
+            return None
+        workdir = master.chdir or self.cwd
+        chdir = self._abspath(d.chdir, workdir) if d.chdir else None
+        pidfile = self._abspath(d.pidfile, chdir or workdir) if d.pidfile else None
+        if d.pidfile:
+            kind = DaemonKind.SMART2 if d.daemonize else DaemonKind.SMART
+        else:
+            kind = DaemonKind.DUMB
+        return DaemonPlan(
+            name=d.name, command=d.command, kind=kind, option=d.option, origin=entry.origin,
+            pidfile=pidfile, freq=d.freq, control=d.control, stop_signal=d.stop_signal,
+            reload_signal=d.reload_signal, identity=identity,
+            honour_stdin=d.honour_stdin or master.daemons_honour_stdin,
+            touch=tuple(self._abspath(t, workdir) for t in d.touch), legion=d.legion,
+            ns_pid=d.ns_pid, chdir=chdir, max_throttle=d.max_throttle or DEFAULT_MAX_THROTTLE_S,
+            notifypid=d.notifypid,
+        )
+
+    # -- namespace ------------------------------------------------------------------------
+
+    def _namespace(self) -> NamespacePlan | None:
+        value, entry = self._last("namespace")
+        keeps = self._all("namespace-keep-mount")
+        net, net_entry = self._last("namespace-net")
+        if value is None:
+            for _, e in keeps:
+                self.problems.add(e, "namespace-keep-mount needs a namespace = DIR[:HOSTNAME] line")
+            if net and net_entry is not None:
+                self.problems.add(net_entry, "namespace-net needs a namespace = DIR[:HOSTNAME] line "
+                                             "(for the master alone use unshare = net)")
+            return None
+        root, _, hostname = value.strip().partition(":")
+        if not root.startswith("/"):
+            self.problems.add(entry, f"the jail directory {root!r} must be an absolute path")
+            return None
+        root = posixpath.normpath(root)
+        if not os.path.isdir(root):
+            self.warnings.append(f"{entry.origin}: namespace: {root} is not a directory (yet); the jail cannot be built without it")
+        if hostname and not HOSTNAME_RE.match(hostname):
+            self.problems.add(entry, f"{hostname!r} is not a valid host name (letters, digits, '.' and '-', at most 64)")
+        keep_mounts = []
+        for keep, e in keeps:
+            src, sep, dst = keep.strip().partition(":")
+            if not src.startswith("/") or (sep and not dst.startswith("/")):
+                self.problems.add(e, f"{keep!r}: keep-mount paths must be absolute (PATH or SRC:DST)")
+                continue
+            src = posixpath.normpath(src)
+            if sep:
+                dst = posixpath.normpath(dst)
+            else:
+                dst = jail_destination(root, src)
+            keep_mounts.append(KeepMount(source=src, target=dst, origin=e.origin))
+        return NamespacePlan(root=root, hostname=hostname or None, keep_mounts=tuple(keep_mounts),
+                             net=bool(net), origin=entry.origin)
+
+    # -- hooks ----------------------------------------------------------------------------
+
+    def _hooks(self) -> list[HookPlan]:
+        hooks: list[HookPlan] = []
+        order = {id(e): i for i, e in enumerate(self.raw.entries)}
+        for phase, families in HOOK_PHASES.items():
+            for family in families:
+                option = f"{family}-{phase}"
+                for value, entry in self._all(option):
+                    if self._check_hook(family, value, entry):
+                        hooks.append(HookPlan(phase, family, value, option, entry.origin))
+        for value, entry in self._all("hook-touch"):
+            path, sep, action = value.strip().partition(" ")
+            if not sep:
+                self.problems.add(entry, "invalid hook-touch syntax (expected: FILE ACTION:ARG)")
+            elif self._check_hook("hook", action.strip(), entry):
+                hooks.append(HookPlan("touch", "hook", f"{self._abspath(path)} {action.strip()}", "hook-touch", entry.origin))
+        return hooks
+
+    def _check_hook(self, family: str, value: str, entry: Entry) -> bool:
+        if family == "call":
+            self.problems.add(entry, "calling C functions is not supported by nsattach (use exec-* instead)")
+            return False
+        if family == "exec":
+            return True
+        if family == "mount":
+            return self._check_mount(value, entry)
+        if family == "umount":
+            return self._check_umount(value, entry)
+        action, sep, arg = value.partition(":")
+        action = action.lstrip("!")
+        if not sep:
+            self.problems.add(entry, f"invalid hook syntax {value!r}: must be ACTION:ARG (actions: {', '.join(HOOK_ACTIONS)})")
+            return False
+        if action in HOOK_ACTIONS_REFUSED:
+            self.problems.add(entry, f"hook action {action!r} needs uWSGI internals and is not supported by nsattach")
+            return False
+        if action not in HOOK_ACTIONS:
+            hint = suggest_from(action, HOOK_ACTIONS)
+            self.problems.add(entry, f"hook action not found: {action!r}{f' (did you mean {hint!r}?)' if hint else ''}; "
+                                     f"valid: {', '.join(HOOK_ACTIONS)}")
+            return False
+        if action == "mount":
+            return self._check_mount(arg, entry)
+        if action == "umount":
+            return self._check_umount(arg, entry)
+        if action == "exit" and arg.strip() and not arg.strip().lstrip("-").isdigit():
+            self.problems.add(entry, f"exit:{arg}: the exit code must be a number")
+            return False
+        return True
+
+    def _check_mount(self, value: str, entry: Entry) -> bool:
+        fields = value.split()
+        if len(fields) < 3:
+            self.problems.add(entry, "invalid mount syntax (expected: FSTYPE SOURCE TARGET [FLAGS [DATA]])")
+            return False
+        if len(fields) > 3:
+            bad = [f for f in fields[3].split(",") if f and f not in MOUNT_FLAGS]
+            if bad:
+                self.problems.add(entry, f"unknown mount flag {bad[0]!r} (valid: {', '.join(MOUNT_FLAGS)})")
+                return False
+        return True
+
+    def _check_umount(self, value: str, entry: Entry) -> bool:
+        fields = value.split()
+        if not fields:
+            self.problems.add(entry, "invalid umount syntax (expected: TARGET [FLAGS])")
+            return False
+        if len(fields) > 1:
+            bad = [f for f in fields[1].split(",") if f and f not in UMOUNT_FLAGS]
+            if bad:
+                self.problems.add(entry, f"unknown umount flag {bad[0]!r} (valid: {', '.join(UMOUNT_FLAGS)})")
+                return False
+        return True
+
+    # -- legion ---------------------------------------------------------------------------
+
+    def _legions(self) -> tuple[list[LegionPlan], LegionSettings]:
+        """Legions are resolved after the whole file is read, so a legion-node, -quorum,
+        -scroll or action line may come before its legion line (uWSGI Q-C7)."""
+        settings = LegionSettings(
+            freq=self._last("legion-freq")[0] or 3,
+            tolerance=self._last("legion-tolerance")[0] or 15,
+            skew_tolerance=self._last("legion-skew-tolerance")[0] or 60,
+            death_on_lord_error=self._last("legion-death-on-lord-error")[0],
+            scroll_max_size=self._last("legion-scroll-max-size")[0],
+            scroll_list_max_size=self._last("legion-scroll-list-max-size")[0],
+            multicast_ttl=self._last("multicast-ttl")[0],
+            multicast_loop=self._last("multicast-loop")[0],
+        )
+        legions: dict[str, LegionPlan] = {}
+        order = {id(e): i for i, e in enumerate(self.raw.entries)}
+        lines = sorted([(v, e, opt) for opt in ("legion", "legion-mcast") for v, e in self._all(opt)],
+                       key=lambda item: order[id(item[1])])
+        for value, entry, opt in lines:
+            plan = self._parse_legion(value, entry, opt == "legion-mcast")
+            if plan is None:
+                continue
+            if plan.name in legions:
+                self.problems.add(entry, f"legion {plan.name!r} is already defined at {legions[plan.name].origin}")
+                continue
+            legions[plan.name] = plan
+
+        def target(value: str, entry: Entry, what: str) -> tuple[str, str] | None:
+            name, sep, rest = value.strip().partition(" ")
+            rest = rest.strip()
+            if not sep or not rest:
+                self.problems.add(entry, f"invalid {entry.key} syntax, must be LEGION {what}")
+                return None
+            if name not in legions:
+                defined = ", ".join(sorted(legions)) or "none defined"
+                self.problems.add(entry, f"unknown legion {name!r} ({defined})")
+                return None
+            return name, rest
+
+        for value, entry in self._all("legion-node"):
+            t = target(value, entry, "IP:PORT")
+            if t:
+                try:
+                    c.as_udp_address(t[1])
+                except ValueError as exc:
+                    self.problems.add(entry, str(exc))
+                    continue
+                lg = legions[t[0]]
+                legions[t[0]] = replace(lg, nodes=lg.nodes + (LegionNodePlan(t[1], entry.origin),))
+        for value, entry in self._all("legion-quorum"):
+            t = target(value, entry, "N")
+            if t:
+                try:
+                    legions[t[0]] = replace(legions[t[0]], quorum=c.as_int(t[1], 0))
+                except ValueError as exc:
+                    self.problems.add(entry, f"quorum: {exc}")
+        for value, entry in self._all("legion-scroll"):
+            t = target(value, entry, "TEXT")
+            if t:
+                if len(t[1].encode()) > settings.scroll_max_size:
+                    self.problems.add(entry, f"scroll is {len(t[1].encode())} bytes, more than legion-scroll-max-size ({settings.scroll_max_size})")
+                else:
+                    legions[t[0]] = replace(legions[t[0]], scroll=t[1])
+        for event in LEGION_EVENTS:
+            for value, entry in self._all(f"legion-{event}"):
+                t = target(value, entry, "ACTION:ARG")
+                if not t:
+                    continue
+                action, sep, arg = t[1].partition(":")
+                if not sep:
+                    self.problems.add(entry, f"invalid {event} action {t[1]!r}: must be ACTION:ARG (actions: {', '.join(LEGION_ACTIONS)})")
+                elif action in ("signal", "alarm"):
+                    self.problems.add(entry, f"legion action {action!r} needs uWSGI workers or alarms and is not supported (use cmd:, exec: or log:)")
+                elif action not in LEGION_ACTIONS:
+                    self.problems.add(entry, f"unknown legion action {action!r} (valid: {', '.join(LEGION_ACTIONS)})")
+                else:
+                    lg = legions[t[0]]
+                    legions[t[0]] = replace(lg, actions=lg.actions + (LegionActionPlan(event, action, arg, entry.origin),))
+        return list(legions.values()), settings
+
+    def _parse_legion(self, value: str, entry: Entry, mcast: bool) -> LegionPlan | None:
+        parts = value.strip().split(" ", 3)
+        if len(parts) < 4 or ":" not in parts[3]:
+            self.problems.add(entry, "invalid legion syntax, must be LEGION IP:PORT VALOR CIPHER:SECRET [IV]")
+            return None
+        name, address, valor_text, rest = parts
+        ok = True
+        try:
+            c.as_udp_address(address)
+        except ValueError as exc:
+            self.problems.add(entry, str(exc))
+            ok = False
+        try:
+            valor = c.as_int(valor_text, 0)
+        except ValueError as exc:
+            self.problems.add(entry, f"valor: {exc} (0 = arbiter, never lord)")
+            ok = False
+        algo, _, secret_iv = rest.partition(":")
+        secret, _, iv = secret_iv.partition(" ")
+        try:
+            cipher = lookup_cipher(algo).name
+        except ValueError as exc:
+            self.problems.add(entry, str(exc))
+            ok = False
+        if not secret:
+            self.problems.add(entry, "the legion secret is empty (CIPHER:SECRET)")
+            ok = False
+        if not ok:
+            return None
+        return LegionPlan(name=name, address=address, valor=valor, cipher=cipher, secret=secret,
+                          iv=iv or None, multicast=mcast, origin=entry.origin)
+
+
+# --- helpers (pure) -------------------------------------------------------------------
+
+def suggest_from(word: str, choices: tuple[str, ...]) -> str | None:
+    import difflib
+
+    match = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return match[0] if match else None
+
+
+_ASSIGNMENT_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*=")
+
+
+def program_name(command: str) -> str:
+    """The program a command runs, for a daemon's default name: ``/usr/sbin/dropbear -j`` ->
+    ``dropbear``; leading ``VAR=x``, ``exec`` and ``env`` are skipped."""
+    try:
+        words = shlex.split(command)
+    except ValueError:
+        words = command.split()
+    for word in words:
+        if _ASSIGNMENT_RE.match(word) or word in ("exec", "env", "nohup", "-"):
+            continue
+        base = posixpath.basename(word.rstrip("/"))
+        name = re.sub(r"[^A-Za-z0-9._@+-]", "_", base).lstrip("._-+@")[:48]
+        if name:
+            return name
+    return "daemon"
+
+
+def jail_destination(root: str, path: str) -> str:
+    """Where a plain keep-mount PATH appears in a jail rooted at ``root``: a path under the
+    root loses the root prefix (compared by path components, unlike uWSGI's string prefix,
+    Q-N5); any other path keeps its place."""
+    if root == "/":
+        return path
+    root_parts = [p for p in root.split("/") if p]
+    parts = [p for p in path.split("/") if p]
+    if parts[: len(root_parts)] == root_parts:
+        return "/" + "/".join(parts[len(root_parts):])
+    return path
