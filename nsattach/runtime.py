@@ -57,7 +57,7 @@ class Runtime:
         self.reload_plan = reload_plan        # () -> Plan, raises ConfigError
         self.log = log or Logger()
         self.loop = Loop()
-        self.core = Supervisor(plan)
+        self.core = Supervisor(plan, master_ids=(os.getuid(), os.getgid()))
         self.queue: collections.deque[ev.Event] = collections.deque()
         self.pidfds: dict[int, int] = {}      # watched pid -> pidfd
         self.statuses: dict[int, int] = {}    # reaped before their pidfd was handled
@@ -274,7 +274,7 @@ class Runtime:
             return
         result = pidfile.read_pid(d.plan.pidfile)
         pid, reason = result.pid, result.reason
-        if pid is not None and pid != d.pid:
+        if pid is not None:
             refusal = pidfile.plausible(pid, d.plan.pidfile)
             if refusal is not None:
                 pid, reason = None, refusal

@@ -115,7 +115,7 @@ class _Builder:
         namespace = self._namespace()
         hooks = self._hooks()
         if self.problems.errors:
-            raise ConfigError(self.problems.errors)
+            raise ConfigError(sorted(self.problems.errors, key=self._position))
         if self.ignored:
             names = ", ".join(dict.fromkeys(self.ignored))
             self.warnings.append(f"ignored uWSGI application-server options (nsattach runs no application server): {names}")
@@ -125,6 +125,14 @@ class _Builder:
             legion_settings=legion_settings, ignored_options=tuple(dict.fromkeys(self.ignored)),
             warnings=tuple(self.warnings),
         )
+
+    def _position(self, problem: ConfigProblem) -> tuple[int, int]:
+        """Sort key: problems in the order of the files and lines they point at."""
+        if problem.origin is None:
+            return (-1, 0)
+        files = self.raw.files
+        rank = files.index(problem.origin.file) if problem.origin.file in files else len(files)
+        return (rank, problem.origin.line)
 
     def _convert_entries(self) -> None:
         for entry in self.raw.entries:

@@ -8,7 +8,7 @@ import json
 from typing import Any
 
 from nsattach.config.convert import signal_name
-from nsattach.config.model import DaemonPlan, Identity, Plan
+from nsattach.config.model import DEFAULT_MAX_THROTTLE_S, DaemonPlan, Identity, Plan
 from nsattach.errors import Origin
 
 
@@ -60,9 +60,10 @@ def _daemon_lines(d: DaemonPlan) -> list[str]:
         extras.append("restart on touch of " + ", ".join(d.touch))
     if d.legion:
         extras.append(f"only on the lord of legion {d.legion}")
-    if d.max_throttle:
+    if d.max_throttle != DEFAULT_MAX_THROTTLE_S:
         extras.append(f"respawn delay at most {d.max_throttle} s")
-    lines.append("      " + "; ".join(extras))
+    if extras:
+        lines.append("      " + "; ".join(extras))
     return lines
 
 

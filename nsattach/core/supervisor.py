@@ -72,6 +72,8 @@ class Daemon:
     state: DaemonState = DaemonState.IDLE
     pid: int | None = None            # the tracked process (the program)
     child_pid: int | None = None      # smart: the process we forked, until it exits
+    spawned_pid: int | None = None    # the process we forked last (for log lines)
+    dead_pid: int | None = None       # smart: the pid that just died, while rechecking
     sid: int | None = None            # session we gave it (dumb daemons)
     started_at: float = 0.0
     respawns: int = 0                 # spawns so far (1 = first spawn)
@@ -94,8 +96,9 @@ class Daemon:
 
 
 class Supervisor:
-    def __init__(self, plan: Plan):
+    def __init__(self, plan: Plan, master_ids: tuple[int, int] | None = None):
         self.plan = plan
+        self.master_ids = master_ids       # (uid, gid) daemons inherit when they set none
         self.daemons: dict[str, Daemon] = {d.name: Daemon(d) for d in plan.daemons}
         self.phase = Phase.STARTING
         self.exit_status = 0
@@ -129,11 +132,15 @@ class Supervisor:
             return
         d.respawns += 1
         d.started_at = e.now
+        d.spawned_pid = e.pid
         d.escalated = False
         d.pidfile_checks = 0
-        ident = d.plan.identity
+        uid, gid = d.plan.identity.uid, d.plan.identity.gid
+        if self.master_ids is not None:
+            uid = self.master_ids[0] if uid is None else uid
+            gid = self.master_ids[1] if gid is None else gid
         verb = "respawning" if d.respawns > 1 else "spawning"
-        out.append(fx.Log(f'[uwsgi-daemons] {verb} "{d.plan.command}" (uid: {_id(ident.uid)} gid: {_id(ident.gid)}) '
+        out.append(fx.Log(f'[uwsgi-daemons] {verb} "{d.plan.command}" (uid: {_id(uid)} gid: {_id(gid)}) '
                           f'{d.tag()} pid {e.program_pid}'))
         if d.plan.kind is DaemonKind.SMART:
             d.child_pid = e.pid
@@ -218,10 +225,13 @@ class Supervisor:
                 out.append(fx.Log(f'[uwsgi-daemons] found valid/active pidfile for "{cmd}" (pid: {e.pid}) {d.tag()}'))
                 self._adopt(d, e.pid, e.now, out)
             else:
+                if e.reason != "missing":
+                    out.append(fx.Log(f"[uwsgi-daemons] pidfile {d.plan.pidfile}: {e.reason}; not adopting it {d.tag()}",
+                                      "warning"))
                 self._spawn(d, out)
         elif d.state is DaemonState.STARTING:
             if e.pid is not None:
-                out.append(fx.Log(f'[uwsgi-daemons] found changed pid for "{cmd}" (old_pid: {d.child_pid or -1} new_pid: {e.pid}) {d.tag()}'))
+                out.append(fx.Log(f'[uwsgi-daemons] found changed pid for "{cmd}" (old_pid: {d.child_pid or d.spawned_pid or -1} new_pid: {e.pid}) {d.tag()}'))
                 self._adopt(d, e.pid, e.now, out)
                 return
             d.pidfile_checks += 1
@@ -247,8 +257,8 @@ class Supervisor:
                 return
             out.append(fx.ArmTimer(d.name, "pidfile", e.now + PIDFILE_CHECK_INTERVAL_S))
         elif d.state is DaemonState.RECHECK:
-            if e.pid is not None:
-                out.append(fx.Log(f'[uwsgi-daemons] found changed pid for "{cmd}" (old_pid: {d.pid or -1} new_pid: {e.pid}) {d.tag()}'))
+            if e.pid is not None and e.pid != d.dead_pid:
+                out.append(fx.Log(f'[uwsgi-daemons] found changed pid for "{cmd}" (old_pid: {d.dead_pid} new_pid: {e.pid}) {d.tag()}'))
                 self._adopt(d, e.pid, e.now, out)
             else:
                 d.state = DaemonState.IDLE
@@ -385,6 +395,7 @@ class Supervisor:
                 # a daemon that re-executes itself writes its new pid before the old one
                 # exits: read the pidfile before deciding it is gone
                 d.state = DaemonState.RECHECK
+                d.dead_pid, d.pid = e.pid, None
                 out.append(fx.ReadPidfile(d.name))
             else:
                 d.pid = None

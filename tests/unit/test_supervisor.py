@@ -401,3 +401,12 @@ def test_core_imports_nothing_effectful():
             elif isinstance(node, ast.ImportFrom) and node.module:
                 names = [node.module.split(".")[0]]
             assert not banned & set(names), f"{path.name} imports {banned & set(names)}"
+
+
+def test_smart_recheck_never_readopts_the_pid_that_just_died():
+    h = Harness(plan(smart("s")))
+    h.start()
+    h.feed(ev.PidfileRead(0.0, "s", 777))
+    h.feed(ev.ProcessExited(100.0, 777, None))
+    out = h.feed(ev.PidfileRead(100.0, "s", 777))     # a stale pidfile still names it
+    assert of(out, fx.Spawn) and not of(out, fx.Watch)
