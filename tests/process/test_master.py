@@ -353,3 +353,74 @@ def test_memcached_dumb_and_smart(master, public_tmp, registry):
     wait_for(lambda: answers(21311), what="respawned memcached answers")
     assert m.stop() == 0
     assert alive(smart) and answers(21312)
+
+
+def test_reloadsignal_reaches_the_daemon_on_reload(master, tmp_path):
+    marker = tmp_path / "got"
+    m = master(f"""
+        [uwsgi]
+        attach-daemon2 = cmd=trap 'echo USR2 >> {marker}; exit 0' USR2; while :; do sleep 0.05; done,reloadsignal=USR2,name=t
+    """)
+    m.spawned_pid("t")
+    wait_for(lambda: "sleep" in [p.name() for p in m.children()], what="the loop")
+    m.signal(signal.SIGHUP)
+    m.spawned_pid("t", count=2)
+    assert marker.read_text().split() == ["USR2"]
+
+
+def test_notifypid_smart_daemon_gets_its_stop_signal_once_and_survives(master, tmp_path, registry):
+    marker = tmp_path / "got"
+    pidfile = tmp_path / "n.pid"
+    m = master(f"""
+        [uwsgi]
+        attach-daemon2 = cmd=trap 'echo USR1 >> {marker}' USR1; while :; do sleep 0.05; done,pidfile={pidfile},daemonize=1,notifypid=1,stopsignal=USR1,name=n
+    """)
+    pid = m.spawned_pid("n")
+    registry.add(pid)
+    wait_for(lambda: read_pidfile(pidfile) == pid, what="pidfile")
+    assert m.stop() == 0
+    wait_for(lambda: marker.exists() and marker.read_text().split() == ["USR1"], what="USR1 delivered")
+    assert alive(pid)
+
+
+def test_reload_restarts_a_changed_daemon_with_its_new_command(master):
+    m = master("""
+        [uwsgi]
+        attach-daemon2 = cmd=sleep 1000,name=w
+    """)
+    old = m.spawned_pid("w")
+    m.config.write_text("[uwsgi]\nattach-daemon2 = cmd=sleep 2000,name=w\n")
+    m.signal(signal.SIGHUP)
+    new = m.spawned_pid("w", count=2)
+    assert psutil.Process(new).cmdline() == ["sleep", "2000"]
+    assert not alive(old)
+
+
+def test_logto_receives_the_master_log_and_daemon_output(master, tmp_path):
+    logfile = tmp_path / "all.log"
+    m = master(f"""
+        [uwsgi]
+        logto = {logfile}
+        attach-daemon = echo hello-from-daemon; exec sleep 1000
+    """)
+    wait_for(lambda: logfile.exists() and "hello-from-daemon" in logfile.read_text(), what="daemon output in logto")
+    assert "spawning" in logfile.read_text()
+    m.children()
+    assert m.stop() == 0
+    assert "goodbye to nsattach." in logfile.read_text()
+
+
+def test_dumb_daemons_die_with_a_killed_master_smart_ones_do_not(master, tmp_path, registry):
+    pidfile = tmp_path / "s.pid"
+    m = master(f"""
+        [uwsgi]
+        attach-daemon = sleep 1000
+        smart-attach-daemon2 = {pidfile} sleep 1001
+    """)
+    dumb = m.spawned_pid("sleep")
+    smart = m.spawned_pid("sleep-2")
+    registry.add(smart)
+    m.signal(signal.SIGKILL)
+    m.wait_exit()
+    wait_for(lambda: not alive(dumb), what="pdeathsig kills the dumb daemon")
+    assert alive(smart)

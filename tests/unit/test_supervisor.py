@@ -410,3 +410,29 @@ def test_smart_recheck_never_readopts_the_pid_that_just_died():
     h.feed(ev.ProcessExited(100.0, 777, None))
     out = h.feed(ev.PidfileRead(100.0, "s", 777))     # a stale pidfile still names it
     assert of(out, fx.Spawn) and not of(out, fx.Watch)
+
+
+def test_throttle_streak_resets_after_a_stable_run():
+    h = Harness(plan(dumb("a")))
+    h.start()
+    pid = 100
+
+    def die_after(lifetime):
+        nonlocal pid
+        h.spawned("a", pid)
+        h.now += lifetime
+        h.exited(pid, 256)
+        pid += 1
+        out = h.feed(ev.RemnantsFound(h.now, "a", ()))
+        if of(out, fx.Spawn):
+            return 0
+        delay = round(h.timers[("a", "respawn")] - h.now)
+        h.fire("a", "respawn")
+        return delay
+
+    assert [die_after(0.1) for _ in range(3)] == [0, 1, 2]
+    assert die_after(5.0) == 0            # lived past the quick-death window: back at once
+    assert die_after(0.1) == 3            # ...but the streak is not forgotten yet
+    assert die_after(12.0) == 0           # a stable run clears it
+    assert die_after(0.1) == 0
+    assert die_after(0.1) == 1
