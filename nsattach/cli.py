@@ -10,6 +10,7 @@ a boolean key may stand alone (``--vacuum``). Positional ``*.ini`` arguments are
 
 from __future__ import annotations
 
+import os
 import sys
 from dataclasses import dataclass, field
 
@@ -44,6 +45,7 @@ class Invocation:
     cli_entries: list[tuple[str, str, int]] = field(default_factory=list)
     json: bool = False
     show: str | None = None          # help, help-options, version
+    cwd: str = field(default_factory=os.getcwd)   # where relative config paths are resolved, also on reload
 
 
 def parse_argv(argv: list[str]) -> Invocation:
@@ -126,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     from nsattach.config import load_plan
 
     try:
-        plan = load_plan(inv.config_args, inv.cli_entries)
+        plan = load_plan(inv.config_args, inv.cli_entries, cwd=inv.cwd)
     except ConfigError as exc:
         _print_problems(exc)
         return EXIT_CONFIG
@@ -140,7 +142,7 @@ def main(argv: list[str] | None = None) -> int:
         return EXIT_OK
 
     try:
-        from nsattach.runtime import run
+        from nsattach.startup import run
 
         return run(plan, inv)
     except ConfigError as exc:

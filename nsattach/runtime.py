@@ -30,31 +30,14 @@ STOP_SIGNALS = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM", signal.SIGQU
 TOUCH_POLL_S = 1.0
 
 
-def unsupported(plan: Plan) -> list[ConfigProblem]:
-    """Parts of a valid plan that this version cannot run yet: refused, never ignored."""
-    problems = []
-    if plan.namespace is not None:
-        problems.append(ConfigProblem(plan.namespace.origin, "namespace", "the namespace jail is not supported by the run mode yet"))
-    for hook in plan.hooks:
-        problems.append(ConfigProblem(hook.origin, hook.option, "hooks are not supported by the run mode yet"))
-    for legion in plan.legions:
-        problems.append(ConfigProblem(legion.origin, "legion", "Legion is not supported by the run mode yet"))
-    for d in plan.daemons:
-        if d.legion:
-            problems.append(ConfigProblem(d.origin, d.option, "legion daemons are not supported by the run mode yet"))
-    if plan.master.identity.changes_anything:
-        problems.append(ConfigProblem(None, "uid/gid", "dropping the master's privileges is not supported by the run mode yet"))
-    if plan.master.master_fifo:
-        problems.append(ConfigProblem(None, "master-fifo", "the master FIFO is not supported by the run mode yet"))
-    if plan.master.unshare:
-        problems.append(ConfigProblem(None, "unshare", "unshare is not supported by the run mode yet"))
-    return problems
-
-
 class Runtime:
-    def __init__(self, plan: Plan, reload_plan=None, log: Logger | None = None):
+    def __init__(self, plan: Plan, reload_plan=None, log: Logger | None = None,
+                 on_started=None, on_exit=None, check_reload=None):
         self.plan = plan
         self.reload_plan = reload_plan        # () -> Plan, raises ConfigError
+        self.check_reload = check_reload      # (Plan) -> list[ConfigProblem]: what a reload cannot apply
+        self.on_started = on_started          # () -> None, after every daemon was started (master-start hooks)
+        self.on_exit = on_exit                # () -> None, when the master ends (atexit hooks)
         self.log = log or Logger()
         self.loop = Loop()
         self.core = Supervisor(plan, master_ids=(os.getuid(), os.getgid()))
@@ -107,6 +90,8 @@ class Runtime:
         try:
             self.post(ev.MasterStarted(time.monotonic()))
             self.drain()
+            if self.on_started is not None and self.exit_status is None:
+                self.on_started()
             if self.exit_status is None:
                 self.loop.run(self._on_timer)
         finally:
@@ -124,6 +109,8 @@ class Runtime:
                 self.log("VACUUM: pidfile removed.")
             except OSError as exc:
                 self.log(f"VACUUM: cannot remove {self.plan.master.pidfile}: {exc.strerror}", "warning")
+        if self.on_exit is not None:
+            self.on_exit()
         self.log("goodbye to nsattach.")
 
     # -- events in --------------------------------------------------------------------------
@@ -317,7 +304,7 @@ class Runtime:
         now = time.monotonic()
         try:
             plan = self.reload_plan()
-            problems = unsupported(plan)
+            problems = self.check_reload(plan) if self.check_reload else []
             if problems:
                 raise ConfigError(problems)
         except ConfigError as exc:
@@ -347,15 +334,3 @@ def _touch_state(path: str, log) -> tuple[float, bool]:
         log(f"unable to stat() {path}, events will be triggered as soon as the file is created")
         return (0.0, False)
     return (mtime, True)
-
-
-def run(plan: Plan, invocation) -> int:
-    problems = unsupported(plan)
-    if problems:
-        raise ConfigError(problems)
-    from nsattach.config import load_plan
-
-    def reload_plan() -> Plan:
-        return load_plan(invocation.config_args, invocation.cli_entries)
-
-    return Runtime(plan, reload_plan).run()
