@@ -16,18 +16,22 @@ import signal
 import time
 
 from nsattach.config.model import DaemonKind, Plan
+from nsattach.control.server import ControlServer, ControlSocketError, bind_control_socket
 from nsattach.core import effects as fx
 from nsattach.core import events as ev
 from nsattach.core.shellcmd import shell_argv
-from nsattach.core.supervisor import Supervisor
-from nsattach.errors import ConfigError, ConfigProblem, SetupError, SpawnError
+from nsattach.core.supervisor import DaemonState, Supervisor
+from nsattach.errors import ConfigError, SetupError, SpawnError
 from nsattach.log import Logger, open_logto
 from nsattach.system import linux, pidfile, procfs
 from nsattach.system.loop import Loop
+from nsattach.system.notify import Notifier
+from nsattach.system.output import Capture, FileSink, LogSink
 from nsattach.system.spawn import SpawnRequest, daemon_env, spawn
 
 STOP_SIGNALS = {signal.SIGINT: "SIGINT", signal.SIGTERM: "SIGTERM", signal.SIGQUIT: "SIGQUIT"}
 TOUCH_POLL_S = 1.0
+HOUSEKEEPING_S = 1.0      # control-connection deadlines and pending operator requests
 
 
 class Runtime:
@@ -46,7 +50,17 @@ class Runtime:
         self.statuses: dict[int, int] = {}    # reaped before their pidfd was handled
         self.touch: dict[str, dict[str, tuple[float, bool]]] = {}   # owner -> path -> (mtime, exists)
         self.exit_status: int | None = None
-        self.base_env: dict[str, str] = {}
+        self.started_at = time.monotonic()
+        self.control: ControlServer | None = None
+        self.control_ino: int | None = None
+        self.notifier = Notifier()
+        self.captures: dict[int, Capture] = {}        # pipe read fd -> capture
+        self.sinks: dict[str, FileSink] = {}          # per-daemon log file path -> sink
+        self.waiters: list = []                       # operator requests waiting for daemons
+        self.last_reload: tuple[bool, list[str]] | None = None
+        self.fifo_fd = -1
+        self.fifo_slot = 0
+        self.stopping = False
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -70,8 +84,88 @@ class Runtime:
                 raise SetupError(f"writing pidfile {plan.master.pidfile}: {exc.strerror}") from None
             self.log(f"writing pidfile to {plan.master.pidfile}")
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        self.loop.handle_signals([*STOP_SIGNALS, signal.SIGHUP, signal.SIGCHLD], self._on_signal)
+        if plan.master.control_socket:
+            self._open_control(plan.master.control_socket, plan.master.control_group)
+        if plan.master.master_fifo:
+            self._open_fifo(0)
+        self.loop.handle_signals([*STOP_SIGNALS, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2],
+                                 self._on_signal)
         self.log(f"nsattach master (pid: {os.getpid()}) supervising {len(plan.daemons)} daemon(s)")
+
+    def _open_control(self, path: str, gid: int | None) -> None:
+        from nsattach.control.handler import handle_request
+
+        try:
+            sock = bind_control_socket(path, gid)
+        except ControlSocketError as exc:
+            raise SetupError(f"control socket: {exc.strerror}") from None
+        except OSError as exc:
+            raise SetupError(f"control socket {path}: {exc.strerror}") from None
+        self.control_ino = os.stat(path).st_ino
+        self.control = ControlServer(self.loop, sock, lambda req, conn: handle_request(self, req, conn), self.log,
+                                     allowed_gid=gid)
+        self.loop.call_at(time.monotonic() + HOUSEKEEPING_S, ("", "housekeeping"))
+
+    def _close_control(self) -> None:
+        if self.control is None:
+            return
+        self.control.close()
+        self.control = None
+        path = self.plan.master.control_socket
+        try:
+            if path and os.stat(path).st_ino == self.control_ino:
+                os.unlink(path)
+        except OSError:
+            pass
+
+    # -- master FIFO (uWSGI-compatible commands) ---------------------------------------------
+
+    def _open_fifo(self, slot: int) -> None:
+        paths = self.plan.master.master_fifo
+        if slot >= len(paths):
+            self.log(f"master fifo: no slot {slot}", "warning")
+            return
+        if self.fifo_fd >= 0:
+            self.loop.remove_reader(self.fifo_fd)
+            os.close(self.fifo_fd)
+            self.fifo_fd = -1
+        path = paths[slot]
+        try:
+            try:
+                os.unlink(path)
+            except FileNotFoundError:
+                pass
+            os.mkfifo(path, 0o600)
+            # O_RDWR: the fifo never reports end-of-file when a writer goes away
+            self.fifo_fd = os.open(path, os.O_RDWR | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError as exc:
+            raise SetupError(f"master fifo {path}: {exc.strerror}") from None
+        self.fifo_slot = slot
+        self.loop.add_reader(self.fifo_fd, self._on_fifo)
+
+    def _on_fifo(self) -> None:
+        try:
+            data = os.read(self.fifo_fd, 64)
+        except BlockingIOError:
+            return
+        now = time.monotonic()
+        for byte in data:
+            cmd = chr(byte)
+            if cmd in "rR":
+                self.post(ev.ReloadRequested(now))
+            elif cmd in "qQ":
+                self._request_stop(now, "master fifo")
+            elif cmd == "s":
+                self._log_status()
+            elif cmd == "P" and self.plan.master.pidfile:
+                pidfile.write_pid(self.plan.master.pidfile, os.getpid())
+            elif cmd in "lL":
+                self.reopen_logs()
+            elif cmd.isdigit():
+                self._open_fifo(int(cmd))
+                self.log(f"active master fifo is now {self.plan.master.master_fifo[self.fifo_slot]}")
+                break
+        self.drain()
 
     def _apply_env(self, plan: Plan) -> None:
         for key, value in plan.master.env:
@@ -93,15 +187,53 @@ class Runtime:
             if self.on_started is not None and self.exit_status is None:
                 self.on_started()
             if self.exit_status is None:
+                self.notifier.ready(self.summary())
+                if self.notifier.watchdog_s:
+                    self.loop.call_at(time.monotonic(), ("", "watchdog"))
                 self.loop.run(self._on_timer)
         finally:
             self.finish()
         return self.exit_status or 0
 
+    def summary(self) -> str:
+        """One line for systemd's STATUS=: how many daemons are in which state."""
+        counts = collections.Counter(r["state"] for r in self.core.status(time.monotonic()))
+        parts = ", ".join(f"{n} {state}" for state, n in sorted(counts.items()))
+        return f"{len(self.core.daemons)} daemon(s): {parts or 'none'}"
+
+    def _log_status(self) -> None:
+        for row in self.core.status(time.monotonic()):
+            self.log(f"status: {row['name']} {row['state']} pid={row['pid']} respawns={row['respawns']}")
+
+    def reopen_logs(self) -> None:
+        if self.plan.master.logto:
+            open_logto(self.plan.master.logto)
+        for sink in self.sinks.values():
+            try:
+                sink.reopen()
+            except OSError as exc:
+                self.log(f"reopening {sink.path}: {exc.strerror}", "error")
+        self.log("log files reopened")
+
+    def _request_stop(self, now: float, why: str) -> None:
+        if not self.stopping:
+            self.stopping = True
+            self.notifier.stopping()
+        self.post(ev.StopRequested(now, why))
+
     def finish(self) -> None:
         for fd in self.pidfds.values():
             os.close(fd)
         self.pidfds.clear()
+        for capture in list(self.captures.values()):
+            self._drain_capture(capture)
+        for sink in self.sinks.values():
+            sink.close()
+        self._close_control()
+        if self.fifo_fd >= 0:
+            os.close(self.fifo_fd)
+            self.fifo_fd = -1
+        self.notifier.close()
         self.loop.close()
         if self.plan.master.pidfile and self.plan.master.vacuum:
             try:
@@ -125,15 +257,31 @@ class Runtime:
                 self.execute(effect)
                 if self.exit_status is not None:
                     return
+        if self.waiters:
+            from nsattach.control.handler import check_waiters
+
+            check_waiters(self)
+
+    def execute_all(self, effects) -> None:
+        """Carry out effects that did not come from an event (operator commands), then drain."""
+        for effect in effects:
+            self.execute(effect)
+            if self.exit_status is not None:
+                return
+        self.drain()
 
     def _on_signal(self, signum: int) -> None:
         now = time.monotonic()
         if signum == signal.SIGCHLD:
             self._reap(now)
         elif signum in STOP_SIGNALS:
-            self.post(ev.StopRequested(now, STOP_SIGNALS[signum]))
+            self._request_stop(now, STOP_SIGNALS[signum])
         elif signum == signal.SIGHUP:
             self.post(ev.ReloadRequested(now))
+        elif signum == signal.SIGUSR1:
+            self._log_status()
+        elif signum == signal.SIGUSR2:
+            self.reopen_logs()
         self.drain()
 
     def _reap(self, now: float) -> None:
@@ -166,6 +314,16 @@ class Runtime:
         name, what = key
         if what == "touch-poll":
             self._poll_touch()
+        elif name == "" and what == "housekeeping":
+            from nsattach.control.handler import check_waiters
+
+            if self.control is not None:
+                self.control.expire()
+            check_waiters(self, expire=True)
+            self.loop.call_at(time.monotonic() + HOUSEKEEPING_S, ("", "housekeeping"))
+        elif name == "" and what == "watchdog":
+            self.notifier.watchdog()
+            self.loop.call_at(time.monotonic() + self.notifier.watchdog_s / 2, ("", "watchdog"))
         else:
             self.post(ev.TimerFired(time.monotonic(), name, what))
         self.drain()
@@ -180,6 +338,12 @@ class Runtime:
 
     def _do_Spawn(self, e: fx.Spawn) -> None:
         d = self.core.daemons[e.name].plan
+        now = time.monotonic()
+        try:
+            read_fd, write_fd = self._output_fds(d)
+        except OSError as exc:
+            self.post(ev.SpawnFailed(now, e.name, f"output {d.output}: {exc.strerror}"))
+            return
         request = SpawnRequest(
             argv=tuple(shell_argv(self.plan.master.binsh, d.command)),
             env=daemon_env(os.environ, d.identity),
@@ -188,14 +352,62 @@ class Runtime:
             stdin_devnull=not d.honour_stdin,
             pdeathsig=signal.SIGKILL if d.kind is DaemonKind.DUMB else None,
             daemonize_pidfile=d.pidfile if d.kind is DaemonKind.SMART2 else None,
+            stdout_fd=write_fd,
+            stderr_fd=None if write_fd is None else 1,
         )
-        now = time.monotonic()
         try:
             result = spawn(request)
         except SpawnError as exc:
+            if read_fd is not None:
+                os.close(read_fd)
             self.post(ev.SpawnFailed(now, e.name, str(exc)))
             return
+        finally:
+            if write_fd is not None:
+                os.close(write_fd)
+        if read_fd is not None:
+            sink = LogSink(self.log) if d.output == "tag" else self._file_sink(d.output)
+            capture = Capture(d.name, read_fd, sink)
+            self.captures[read_fd] = capture
+            self.loop.add_reader(read_fd, lambda c=capture: self._on_capture(c))
         self.post(ev.Spawned(now, e.name, result.pid, result.program_pid))
+
+    def _output_fds(self, d) -> tuple[int | None, int | None]:
+        """(read end to capture, fd for the daemon's stdout/stderr); (None, None) to inherit.
+
+        Dumb daemons write into a pipe the master reads, so a per-daemon file can be reopened
+        and lines can be tagged. A smart daemon outlives the master, so it must never write
+        into a pipe the master holds: it gets the file itself (reopening it needs a restart).
+        """
+        if d.output == "inherit":
+            return None, None
+        if d.kind is DaemonKind.DUMB:
+            r, w = os.pipe2(os.O_CLOEXEC)
+            os.set_blocking(r, False)
+            return r, w
+        fd = os.open(d.output, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o640)
+        return None, fd
+
+    def _file_sink(self, path: str) -> FileSink:
+        sink = self.sinks.get(path)
+        if sink is None:
+            sink = self.sinks[path] = FileSink(path)
+        return sink
+
+    def _on_capture(self, capture: Capture) -> None:
+        if not capture.on_readable():
+            self.loop.remove_reader(capture.fd)
+            self.captures.pop(capture.fd, None)
+            capture.close()
+
+    def _drain_capture(self, capture: Capture) -> None:
+        """At exit: take what is already in the pipe, without waiting for more."""
+        for _ in range(16):
+            if not capture.on_readable() or not _readable_now(capture.fd):
+                break
+        self.loop.remove_reader(capture.fd)
+        self.captures.pop(capture.fd, None)
+        capture.close()
 
     def _do_Watch(self, e: fx.Watch) -> None:
         if e.pid in self.pidfds:
@@ -302,23 +514,35 @@ class Runtime:
 
     def _do_LoadConfig(self, e: fx.LoadConfig) -> None:
         now = time.monotonic()
+        self.notifier.reloading()
         try:
             plan = self.reload_plan()
             problems = self.check_reload(plan) if self.check_reload else []
             if problems:
                 raise ConfigError(problems)
         except ConfigError as exc:
-            self.post(ev.ConfigReloadFailed(now, tuple(str(p) for p in exc.problems)))
+            errors = [str(p) for p in exc.problems]
+            self.last_reload = (False, errors)
+            self.post(ev.ConfigReloadFailed(now, tuple(errors)))
+            self.notifier.ready(f"reload failed; {self.summary()}")
             return
         for warning in plan.warnings:
             self.log(f"reload: warning: {warning}", "warning")
         self.plan = plan
         self._apply_env(plan)
+        self.last_reload = (True, [])
         self.post(ev.ConfigReloaded(now, plan))
+        self.notifier.ready(self.summary())
 
     def _do_Exit(self, e: fx.Exit) -> None:
         self.exit_status = e.status
         self.loop.stop()
+
+
+def _readable_now(fd: int) -> bool:
+    import select
+
+    return bool(select.select([fd], [], [], 0)[0])
 
 
 def _stat_mtime(path: str) -> float | None:

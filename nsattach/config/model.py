@@ -70,6 +70,7 @@ class DaemonPlan:
     chdir: str | None = None
     max_throttle: int = DEFAULT_MAX_THROTTLE_S
     notifypid: bool = False
+    output: str = "inherit"         # inherit, tag, or an absolute file path
 
     @property
     def is_smart(self) -> bool:
@@ -165,6 +166,8 @@ class MasterPlan:
     env: tuple[tuple[str, str], ...] = ()
     unenv: tuple[str, ...] = ()
     unshare: tuple[str, ...] = ()
+    control_socket: str | None = None      # None: no control socket
+    control_group: int | None = None
 
 
 @dataclass(frozen=True)

@@ -64,13 +64,20 @@ _OPTIONS: list[Option] = [
     _daemon("attach-daemon2", "KEY=VALUE[,KEY=VALUE...]",
             "Daemon in key=value form. Keys: command/cmd/exec, name, freq, pidfile, control, "
             "daemonize/daemon, touch, stopsignal/stop_signal, reloadsignal/reload_signal, stdin, "
-            "uid, gid, chdir, max_throttle, notifypid (ns_pid and legion: not yet supported)."),
+            "uid, gid, chdir, max_throttle, notifypid, output (inherit, tag or a file), ns_pid, legion."),
     _daemon("legion-attach-daemon", "LEGION COMMAND",
             "attach-daemon that runs only while this node is the lord of LEGION."),
     _daemon("legion-smart-attach-daemon", "LEGION PIDFILE[,FREQ] COMMAND",
             "smart-attach-daemon that runs only while this node is the lord of LEGION."),
     _daemon("legion-smart-attach-daemon2", "LEGION PIDFILE[,FREQ] COMMAND",
             "smart-attach-daemon2 that runs only while this node is the lord of LEGION."),
+    Option("daemon-output", "daemon",
+           "Where daemons' stdout/stderr go: inherit (the master's, as uWSGI) or tag (captured line by "
+           "line into the master's log with the daemon's name; daemons without a pidfile only).",
+           c.as_nonempty, "inherit", metavar="inherit|tag"),
+    Option("daemon-logdir", "daemon",
+           "Write each daemon's output to DIR/NAME.log (reopened on SIGUSR2 or nsattach reopen-logs).",
+           c.as_nonempty, metavar="DIR"),
     Option("daemons-honour-stdin", "daemon", "Do not connect the daemons' stdin to /dev/null.",
            c.as_bool, False, flag=True, metavar="BOOL"),
     # --- master ----------------------------------------------------------------------
@@ -96,6 +103,11 @@ _OPTIONS: list[Option] = [
     Option("chdir", "master", "Change the master's working directory (daemons inherit it).",
            c.as_nonempty, metavar="DIR"),
     Option("vacuum", "master", "Remove the pidfile at exit.", c.as_bool, False, flag=True, metavar="BOOL"),
+    Option("control-socket", "master",
+           "Path of the control socket for nsattach status/stop/start/... (default "
+           "/run/nsattach/<config name>.sock; off disables it).", c.as_nonempty, metavar="PATH|off"),
+    Option("control-group", "master", "Also let members of this group use the control socket.",
+           c.as_nonempty, metavar="GROUP"),
     Option("binsh", "master", "Shell used for daemons and exec hooks; the first executable one wins (default /bin/sh).",
            c.as_nonempty, repeat=True, metavar="PATH"),
     Option("die-on-term", "master", "Accepted for compatibility: SIGTERM always stops nsattach (uWSGI 2.1 meaning).",

@@ -31,7 +31,7 @@ from nsattach.legion.ciphers import lookup_cipher
 DAEMON2_KEYS = (
     "command", "cmd", "exec", "name", "freq", "pidfile", "control", "daemonize", "daemon", "touch",
     "stopsignal", "stop_signal", "reloadsignal", "reload_signal", "stdin", "uid", "gid", "ns_pid",
-    "chdir", "max_throttle", "notifypid", "legion",
+    "chdir", "max_throttle", "notifypid", "legion", "output",
 )
 DAEMON2_FLAGS = ("control", "daemonize", "daemon", "stdin", "ns_pid", "notifypid")
 
@@ -89,6 +89,7 @@ class _Draft:
     chdir: str | None = None
     max_throttle: int = 0
     notifypid: bool = False
+    output: str | None = None
 
 
 def build_plan(raw: RawConfig, *, cwd: str | None = None, accounts: c.Accounts = c.SYSTEM_ACCOUNTS) -> Plan:
@@ -214,6 +215,22 @@ class _Builder:
                 else:
                     unshare.append(name)
         logto, _ = self._last("logto")
+        control, _ = self._last("control-socket")
+        if control is None:
+            from nsattach.control.protocol import default_socket_path
+
+            control = default_socket_path(self.raw.files)
+        elif control.strip().lower() in ("off", "none", "false", "no", "0"):
+            control = None
+        else:
+            control = self._abspath(control)
+        control_group = None
+        group, group_entry = self._last("control-group")
+        if group is not None:
+            try:
+                control_group = c.resolve_identity(None, group, self.accounts).gid
+            except ValueError as exc:
+                self.problems.add(group_entry, str(exc))
         return MasterPlan(
             identity=identity,
             pidfile=self._abspath(pidfile) if pidfile else None,
@@ -228,6 +245,8 @@ class _Builder:
             env=tuple(env),
             unenv=tuple(v for v, _ in self._all("unenv")),
             unshare=tuple(unshare),
+            control_socket=control,
+            control_group=control_group,
         )
 
     # -- daemons --------------------------------------------------------------------------
@@ -338,6 +357,8 @@ class _Builder:
                     draft.max_throttle = c.as_int(value, 0)
                 elif key == "legion":
                     draft.legion = c.as_nonempty(value).strip()
+                elif key == "output":
+                    draft.output = c.as_nonempty(value).strip()
             except ValueError as exc:
                 self.problems.add(entry, f"attach-daemon2 key {key}: {exc}")
                 ok = False
@@ -400,6 +421,7 @@ class _Builder:
                 identity = c.resolve_identity(d.uid, d.gid, self.accounts)
             except ValueError as exc:
                 self.problems.add(entry, str(exc))
+        output = self._daemon_output(d, entry)
         if len(self.problems.errors) != before:
             return None
         workdir = master.chdir or self.cwd
@@ -416,8 +438,29 @@ class _Builder:
             honour_stdin=d.honour_stdin or master.daemons_honour_stdin,
             touch=tuple(self._abspath(t, workdir) for t in d.touch), legion=d.legion,
             ns_pid=d.ns_pid, chdir=chdir, max_throttle=d.max_throttle or DEFAULT_MAX_THROTTLE_S,
-            notifypid=d.notifypid,
+            notifypid=d.notifypid, output=output,
         )
+
+    def _daemon_output(self, d: _Draft, entry: Entry) -> str:
+        """inherit, tag or an absolute file: the daemon's key, else daemon-logdir, else daemon-output."""
+        output = d.output
+        if output is None:
+            logdir, _ = self._last("daemon-logdir")
+            if logdir is not None:
+                output = posixpath.join(self._abspath(logdir), f"{d.name}.log")
+            else:
+                output, out_entry = self._last("daemon-output")
+                if output not in ("inherit", "tag"):
+                    self.problems.add(out_entry, f"{output!r} is not inherit or tag")
+                    return "inherit"
+                if output == "tag" and d.pidfile:
+                    return "inherit"      # the global choice applies to the daemons that can take it
+        elif output not in ("inherit", "tag"):
+            output = self._abspath(output)
+        if output == "tag" and d.pidfile:
+            self.problems.add(entry, "output=tag needs a daemon without a pidfile: a smart daemon outlives "
+                                     "nsattach and would lose its output pipe (use output=FILE)")
+        return output
 
     # -- namespace ------------------------------------------------------------------------
 

@@ -104,6 +104,9 @@ class Supervisor:
         self.exit_status = 0
         self.owners: dict[int, tuple[str, str]] = {}   # watched pid -> (daemon name, role)
         self.stop_escalated = False
+        # daemons an operator stopped: they stay down through respawns, touches, legion
+        # changes and reloads until an operator starts them again
+        self.held: set[str] = set()
 
     @property
     def mercy(self) -> float:
@@ -122,7 +125,8 @@ class Supervisor:
     def _on_MasterStarted(self, e: ev.MasterStarted, out: list) -> None:
         self.phase = Phase.RUNNING
         for d in self.daemons.values():
-            self._start(d, e.now, out)
+            if d.name not in self.held:
+                self._start(d, e.now, out)
         if self.plan.master.touch_reload:
             out.append(fx.WatchTouch("", self.plan.master.touch_reload))
 
@@ -338,7 +342,8 @@ class Supervisor:
         for name, dp in new.items():
             if name not in self.daemons:
                 d = self.daemons[name] = Daemon(dp)
-                self._start(d, e.now, out)
+                if name not in self.held:
+                    self._start(d, e.now, out)
         if old_plan.master.touch_reload != e.plan.master.touch_reload:
             out.append(fx.WatchTouch("", e.plan.master.touch_reload))
         out.append(fx.Log(f"reload done: {len(new)} daemon(s) configured"))
@@ -414,14 +419,15 @@ class Supervisor:
         after = d.after
         if after is After.REMOVE:
             del self.daemons[d.name]
-        elif self.phase is not Phase.RUNNING or after is After.IDLE:
-            pass
-        elif after is After.RESTART:
-            if d.new_plan is not None:
-                d.plan, d.new_plan = d.new_plan, None
-            self._start(d, now, out)
+            self.held.discard(d.name)
         else:
-            self._respawn_later(d, now - d.started_at, now, out)
+            if after is After.RESTART and d.new_plan is not None:
+                d.plan, d.new_plan = d.new_plan, None
+            if self.phase is Phase.RUNNING and d.name not in self.held:
+                if after is After.RESTART:
+                    self._start(d, now, out)
+                elif after is After.RESPAWN:
+                    self._respawn_later(d, now - d.started_at, now, out)
         if self.phase is Phase.STOPPING:
             self._finish_stop(out)
 
@@ -506,10 +512,89 @@ class Supervisor:
         out.append(fx.CancelTimer("", "stop-final"))
         out.append(fx.Exit(self.exit_status))
 
+    # -- operator commands ------------------------------------------------------------------
+
+    def command(self, verb: str, name: str, now: float, signum: int | None = None) -> tuple[bool, str, list[fx.Effect]]:
+        """An operator's stop/start/restart/signal of one daemon: (worked, what happened, effects)."""
+        out: list[fx.Effect] = []
+        d = self.daemons.get(name)
+        if d is None:
+            return False, f"{name}: no such daemon", out
+        if self.phase is not Phase.RUNNING:
+            return False, f"{name}: nsattach is {self.phase.value}", out
+        if verb == "stop":
+            self.held.add(name)
+            out.append(fx.Log(f"operator request: stop {d.tag()}"))
+            if d.state in (DaemonState.IDLE, DaemonState.BACKOFF, DaemonState.PROBING):
+                out.append(fx.CancelTimer(d.name, "respawn"))
+                d.state = DaemonState.IDLE
+                return True, f"{name}: stopped (was not running)", out
+            self._stop(d, d.plan.stop_signal, After.IDLE, now, out)
+            return True, f"{name}: stopping", out
+        if verb == "start":
+            was_held = name in self.held
+            self.held.discard(name)
+            if d.state is DaemonState.BACKOFF:
+                out.append(fx.CancelTimer(d.name, "respawn"))
+                self._spawn(d, out)
+                return True, f"{name}: starting (respawn delay skipped)", out
+            if d.state is DaemonState.IDLE:
+                out.append(fx.Log(f"operator request: start {d.tag()}"))
+                self._start(d, now, out)
+                return True, f"{name}: starting", out
+            if d.state is DaemonState.STOPPING and d.after is After.IDLE:
+                d.after = After.RESTART
+                return True, f"{name}: will start once stopped", out
+            return True, f"{name}: already {'starting' if was_held else 'running'} ({d.state.value})", out
+        if verb == "restart":
+            self.held.discard(name)
+            out.append(fx.Log(f"operator request: restart {d.tag()}"))
+            if d.state in (DaemonState.RUNNING, DaemonState.STARTING, DaemonState.STOPPING, DaemonState.CLEANING):
+                d.throttle.reset()
+                self._stop(d, d.plan.stop_signal, After.RESTART, now, out)
+                return True, f"{name}: restarting", out
+            out.append(fx.CancelTimer(d.name, "respawn"))
+            self._start(d, now, out)
+            return True, f"{name}: starting", out
+        if verb == "signal":
+            if d.pid is None or d.state not in (DaemonState.RUNNING, DaemonState.STOPPING):
+                return False, f"{name}: not running", out
+            out.append(fx.Log(f"operator request: signal {signum} to pid {d.pid} {d.tag()}"))
+            out.append(fx.SendSignal(d.pid, int(signum), group=True))
+            return True, f"{name}: signal {_signame(int(signum))} sent to pid {d.pid}", out
+        return False, f"unknown command {verb!r}", out
+
     # -- queries (for status) ---------------------------------------------------------------
 
     def daemon_states(self) -> dict[str, DaemonState]:
         return {name: d.state for name, d in self.daemons.items()}
+
+    def status(self, now: float) -> list[dict]:
+        rows = []
+        for d in self.daemons.values():
+            running = d.pid is not None and d.state in (DaemonState.RUNNING, DaemonState.STOPPING)
+            rows.append({
+                "name": d.name,
+                "kind": d.plan.kind.value,
+                "option": d.plan.option,
+                "state": "stopped" if d.name in self.held and d.state is DaemonState.IDLE else d.state.value,
+                "held": d.name in self.held,
+                "pid": d.pid if running else None,
+                "uptime": round(now - d.started_at, 3) if running and d.started_at else None,
+                "respawns": max(0, d.respawns - 1),
+                "last_exit": None if d.last_exit is None else exit_description(d.last_exit),
+                "backoff": round(d.backoff_until - now, 3) if d.backoff_until is not None else None,
+                "legion": d.plan.legion,
+                "command": d.plan.command,
+            })
+        return rows
+
+
+_SIGNAMES = {1: "SIGHUP", 2: "SIGINT", 3: "SIGQUIT", 9: "SIGKILL", 10: "SIGUSR1", 12: "SIGUSR2", 15: "SIGTERM"}
+
+
+def _signame(number: int) -> str:
+    return _SIGNAMES.get(number, f"signal {number}")
 
 
 def _id(value: int | None) -> str:

@@ -31,13 +31,31 @@ class Loop:
     # -- descriptors ---------------------------------------------------------------------
 
     def add_reader(self, fd: int, callback: Callable[[], None]) -> None:
-        self.selector.register(fd, selectors.EVENT_READ, callback)
+        self.watch(fd, callback, None)
 
     def remove_reader(self, fd: int) -> None:
         try:
             self.selector.unregister(fd)
         except (KeyError, ValueError):
             pass
+
+    def watch(self, fd: int, on_read: Callable[[], None] | None, on_write: Callable[[], None] | None) -> None:
+        """Register (or change) the callbacks for ``fd``; None for both unregisters it."""
+        events = (selectors.EVENT_READ if on_read else 0) | (selectors.EVENT_WRITE if on_write else 0)
+        try:
+            self.selector.get_key(fd)
+            registered = True
+        except KeyError:
+            registered = False
+        if not events:
+            if registered:
+                self.selector.unregister(fd)
+            return
+        data = (on_read, on_write)
+        if registered:
+            self.selector.modify(fd, events, data)
+        else:
+            self.selector.register(fd, events, data)
 
     # -- timers --------------------------------------------------------------------------
 
@@ -52,6 +70,13 @@ class Loop:
 
     def has_timer(self, key: tuple) -> bool:
         return key in self._timer_ids
+
+    def _registered(self, fd: int, callback) -> bool:
+        """A read callback may have closed or re-registered ``fd``: only call what is still there."""
+        try:
+            return self.selector.get_key(fd).data[1] is callback
+        except (KeyError, ValueError):
+            return False
 
     def _due_timers(self, now: float) -> list[tuple]:
         due = []
@@ -113,8 +138,12 @@ class Loop:
                 ready = self.selector.select(timeout)
             except InterruptedError:
                 ready = []
-            for key, _ in ready:
-                key.data()
+            for key, mask in ready:
+                on_read, on_write = key.data
+                if mask & selectors.EVENT_READ and on_read is not None:
+                    on_read()
+                if mask & selectors.EVENT_WRITE and on_write is not None and self._registered(key.fd, on_write):
+                    on_write()
                 if self._stopped:
                     return
             for timer in self._due_timers(self.clock()):

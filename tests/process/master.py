@@ -87,13 +87,14 @@ class ProcessRegistry:
 
 class Master:
     def __init__(self, tmp: Path, registry: ProcessRegistry, ini: str, name: str = "ns.ini",
-                 args: tuple[str, ...] = (), stdin: Path | None = None):
+                 args: tuple[str, ...] = (), stdin: Path | None = None, env: dict | None = None):
         self.tmp = tmp
         self.registry = registry
         self.config = tmp / name
         self.config.write_text(textwrap.dedent(ini))
         self.args = args
         self.stdin = stdin
+        self.env = env
         self.log_path = tmp / f"master-{time.monotonic_ns()}.log"
         self.proc: subprocess.Popen | None = None
 
@@ -103,7 +104,7 @@ class Master:
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "nsattach", "-c", str(self.config), *self.args],
             stdin=stdin, stdout=self.log_file, stderr=subprocess.STDOUT,
-            start_new_session=True, cwd=self.tmp)
+            start_new_session=True, cwd=self.tmp, env={**os.environ, **(self.env or {})})
         if self.stdin:
             stdin.close()
         self.registry.add(self.proc.pid)
@@ -143,6 +144,12 @@ class Master:
         for k in kids:
             self.registry.add(k.pid)
         return kids
+
+    def ctl(self, *words: str, timeout: float = 30) -> subprocess.CompletedProcess:
+        """Run ``nsattach WORDS... --socket <this master's socket>``."""
+        sock = self.tmp / "ctl.sock"
+        return subprocess.run([sys.executable, "-m", "nsattach", *words, "--socket", str(sock)],
+                              capture_output=True, text=True, timeout=timeout, cwd=self.tmp)
 
     def signal(self, signum: int) -> None:
         os.kill(self.pid, signum)

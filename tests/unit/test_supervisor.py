@@ -57,6 +57,15 @@ class Harness:
     def start(self):
         return self.feed(ev.MasterStarted(self.now))
 
+    def command(self, verb, name, now, signum=None):
+        ok, msg, out = self.sup.command(verb, name, now, signum)
+        for e in out:
+            if isinstance(e, fx.ArmTimer):
+                self.timers[(e.name, e.key)] = e.at
+            elif isinstance(e, fx.CancelTimer):
+                self.timers.pop((e.name, e.key), None)
+        return ok, msg, out
+
     def spawned(self, name, pid, program_pid=None):
         return self.feed(ev.Spawned(self.now, name, pid, program_pid or pid))
 
@@ -436,3 +445,50 @@ def test_throttle_streak_resets_after_a_stable_run():
     assert die_after(12.0) == 0           # a stable run clears it
     assert die_after(0.1) == 0
     assert die_after(0.1) == 1
+
+
+# --- operator commands ----------------------------------------------------------------------
+
+def test_operator_stop_survives_respawn_touch_and_reload_until_started():
+    h = Harness(plan(dumb("a", touch=("/t",)), dumb("b")))
+    h.start()
+    h.spawned("a", 100)
+    h.spawned("b", 200)
+    ok, msg, out = h.command("stop", "a", 1.0)
+    assert ok and msg == "a: stopping" and fx.SendSignal(100, TERM, True) in out
+    assert h.state("a") is DaemonState.STOPPING
+    h.exited(100, 15)
+    out = h.feed(ev.RemnantsFound(1.0, "a", ()))
+    assert not of(out, fx.Spawn) and h.state("a") is DaemonState.IDLE
+    assert not of(h.feed(ev.Touched(2.0, "a", "/t")), fx.SendSignal)
+    out = h.feed(ev.ConfigReloaded(3.0, plan(dumb("a", touch=("/t",)), dumb("b"))))
+    assert fx.Spawn("a", respawn=True) not in out
+    assert h.sup.status(3.0)[0]["state"] == "stopped"
+    ok, msg, out = h.command("start", "a", 4.0)
+    assert ok and of(out, fx.Spawn) == [fx.Spawn("a", respawn=True)]
+
+
+def test_operator_restart_signal_and_unknown_names():
+    h = Harness(plan(dumb("a")))
+    h.start()
+    h.spawned("a", 100)
+    ok, msg, out = h.command("signal", "a", 1.0, signum=USR1)
+    assert ok and fx.SendSignal(100, USR1, True) in out
+    ok, msg, out = h.command("restart", "a", 1.0)
+    assert ok and fx.SendSignal(100, TERM, True) in out
+    h.exited(100, 15)
+    out = h.feed(ev.RemnantsFound(1.0, "a", ()))
+    assert of(out, fx.Spawn)                       # comes back at once, no throttle
+    ok, msg, _ = h.command("stop", "nope", 1.0)
+    assert not ok and msg == "nope: no such daemon"
+
+
+def test_status_rows():
+    h = Harness(plan(dumb("a"), smart("s")))
+    h.start()
+    h.now = 5.0
+    h.spawned("a", 100)
+    h.feed(ev.PidfileRead(5.0, "s", 700))
+    rows = {r["name"]: r for r in h.sup.status(7.5)}
+    assert rows["a"]["state"] == "running" and rows["a"]["pid"] == 100 and rows["a"]["uptime"] == 2.5
+    assert rows["s"]["pid"] == 700 and rows["s"]["kind"] == "smart" and rows["a"]["respawns"] == 0
