@@ -228,3 +228,25 @@ attach-daemon = sleep 1000
     os.kill(victim, signal.SIGKILL)
     m.spawned_pid("sleep", count=2, timeout=3.0)       # respawned promptly despite the flood
     assert m.ctl("status").returncode == 0
+
+
+def test_master_fifo_uwsgi_commands(master, tmp_path):
+    fifo = tmp_path / "fifo"
+    fifo2 = tmp_path / "fifo2"
+    m = master(ini(tmp_path, f"master-fifo = {fifo}\nmaster-fifo = {fifo2}\nattach-daemon = sleep 1000\n"))
+    first = m.spawned_pid("sleep")
+    wait_for(fifo.exists, what="fifo created")
+
+    def send(path, data: bytes):
+        fd = os.open(path, os.O_WRONLY | os.O_NONBLOCK)
+        os.write(fd, data)
+        os.close(fd)
+
+    send(fifo, b"r")                                   # graceful reload: dumb daemon restarted
+    m.spawned_pid("sleep", count=2)
+    assert not alive(first)
+    send(fifo, b"1")                                   # switch the active fifo
+    m.wait_log("active master fifo is now")
+    wait_for(fifo2.exists, what="second fifo")
+    send(fifo2, b"q")
+    assert m.wait_exit() == 0
