@@ -23,8 +23,6 @@ def unsupported(plan: Plan) -> list[ConfigProblem]:
             problems.append(ConfigProblem(d.origin, d.option, "legion daemons are not supported by the run mode yet"))
     if plan.master.identity.changes_anything:
         problems.append(ConfigProblem(None, "uid/gid", "dropping the master's privileges is not supported by the run mode yet"))
-    if plan.master.master_fifo:
-        problems.append(ConfigProblem(None, "master-fifo", "the master FIFO is not supported by the run mode yet"))
     if plan.master.unshare:
         problems.append(ConfigProblem(None, "unshare", "unshare is not supported by the run mode yet"))
     return problems
