@@ -137,7 +137,6 @@ def status_reply(rt, now: float) -> dict:
     for row in rows:
         d = rt.core.daemons[row["name"]]
         row["stop_signal"] = signal_name(d.plan.stop_signal)
-        row["lord"] = None
     master = {
         "pid": os.getpid(),
         "config": list(rt.plan.config_files),

@@ -89,3 +89,12 @@ class ConfigReloaded(Event):
 @dataclass(frozen=True)
 class ConfigReloadFailed(Event):
     errors: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class LordChanged(Event):
+    """This node became (or stopped being) the lord of ``legion``; ``since`` is wall time."""
+
+    legion: str
+    lord: bool
+    since: float = 0.0

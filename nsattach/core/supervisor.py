@@ -107,6 +107,8 @@ class Supervisor:
         # daemons an operator stopped: they stay down through respawns, touches, legion
         # changes and reloads until an operator starts them again
         self.held: set[str] = set()
+        # legion -> wall time this node became its lord; absent = not the lord
+        self.lords: dict[str, float] = {}
 
     @property
     def mercy(self) -> float:
@@ -125,7 +127,9 @@ class Supervisor:
     def _on_MasterStarted(self, e: ev.MasterStarted, out: list) -> None:
         self.phase = Phase.RUNNING
         for d in self.daemons.values():
-            if d.name not in self.held:
+            if d.name in self.held:
+                continue
+            if self.may_run(d) or d.plan.is_smart:
                 self._start(d, e.now, out)
         if self.plan.master.touch_reload:
             out.append(fx.WatchTouch("", self.plan.master.touch_reload))
@@ -228,6 +232,12 @@ class Supervisor:
             if e.pid is not None:
                 out.append(fx.Log(f'[uwsgi-daemons] found valid/active pidfile for "{cmd}" (pid: {e.pid}) {d.tag()}'))
                 self._adopt(d, e.pid, e.now, out)
+                if not self.may_run(d):
+                    # a legion daemon left running where this node is not the lord
+                    out.append(fx.Log(f'[uwsgi_daemons] stopping legion "{d.plan.legion}" daemon: {cmd} (pid: {e.pid}) {d.tag()}'))
+                    self._stop(d, d.plan.stop_signal, After.IDLE, e.now, out)
+            elif not self.may_run(d):
+                d.state = DaemonState.IDLE
             else:
                 if e.reason != "missing":
                     out.append(fx.Log(f"[uwsgi-daemons] pidfile {d.plan.pidfile}: {e.reason}; not adopting it {d.tag()}",
@@ -284,6 +294,33 @@ class Supervisor:
             out.append(fx.ReadPidfile(d.name))
         elif e.key == "kill":
             self._escalate(d, out)
+
+    def _on_LordChanged(self, e: ev.LordChanged, out: list) -> None:
+        """Legion daemons run only on the lord: start them when this node becomes the lord,
+        stop them (SIGKILL after the mercy, Q-D12) when it stops being the lord."""
+        if e.lord:
+            self.lords[e.legion] = e.since
+        else:
+            self.lords.pop(e.legion, None)
+        if self.phase is not Phase.RUNNING:
+            return
+        for d in list(self.daemons.values()):
+            if d.plan.legion != e.legion:
+                continue
+            if e.lord and d.state is DaemonState.IDLE and d.name not in self.held:
+                out.append(fx.Log(f'[uwsgi-daemons] legion "{e.legion}": this node is the lord, starting "{d.plan.command}" {d.tag()}'))
+                self._start(d, e.now, out)
+            elif not e.lord:
+                if d.state in (DaemonState.BACKOFF, DaemonState.PROBING):
+                    out.append(fx.CancelTimer(d.name, "respawn"))
+                    d.state = DaemonState.IDLE
+                elif d.state is not DaemonState.IDLE:
+                    out.append(fx.Log(f'[uwsgi_daemons] stopping legion "{e.legion}" daemon: {d.plan.command} (pid: {d.pid}) {d.tag()}'))
+                    self._stop(d, d.plan.stop_signal, After.IDLE, e.now, out)
+
+    def may_run(self, d: Daemon) -> bool:
+        """A legion daemon runs only while this node is its legion's lord."""
+        return d.plan.legion is None or d.plan.legion in self.lords
 
     def _on_Touched(self, e: ev.Touched, out: list) -> None:
         if self.phase is not Phase.RUNNING:
@@ -342,7 +379,7 @@ class Supervisor:
         for name, dp in new.items():
             if name not in self.daemons:
                 d = self.daemons[name] = Daemon(dp)
-                if name not in self.held:
+                if name not in self.held and (self.may_run(d) or d.plan.is_smart):
                     self._start(d, e.now, out)
         if old_plan.master.touch_reload != e.plan.master.touch_reload:
             out.append(fx.WatchTouch("", e.plan.master.touch_reload))
@@ -423,7 +460,7 @@ class Supervisor:
         else:
             if after is After.RESTART and d.new_plan is not None:
                 d.plan, d.new_plan = d.new_plan, None
-            if self.phase is Phase.RUNNING and d.name not in self.held:
+            if self.phase is Phase.RUNNING and d.name not in self.held and self.may_run(d):
                 if after is After.RESTART:
                     self._start(d, now, out)
                 elif after is After.RESPAWN:
@@ -485,7 +522,7 @@ class Supervisor:
     def _begin_stop(self, now: float, out: list) -> None:
         self.phase = Phase.STOPPING
         for d in list(self.daemons.values()):
-            if d.plan.is_smart:
+            if d.plan.is_smart and d.plan.legion is None:    # legion daemons stop like dumb ones
                 out.append(fx.CancelTimer(d.name, "pidfile"))
                 out.append(fx.CancelTimer(d.name, "respawn"))
                 if d.state in (DaemonState.STOPPING, DaemonState.CLEANING):
@@ -585,6 +622,7 @@ class Supervisor:
                 "last_exit": None if d.last_exit is None else exit_description(d.last_exit),
                 "backoff": round(d.backoff_until - now, 3) if d.backoff_until is not None else None,
                 "legion": d.plan.legion,
+                "lord": None if d.plan.legion is None else d.plan.legion in self.lords,
                 "command": d.plan.command,
             })
         return rows

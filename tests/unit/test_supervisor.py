@@ -492,3 +492,70 @@ def test_status_rows():
     rows = {r["name"]: r for r in h.sup.status(7.5)}
     assert rows["a"]["state"] == "running" and rows["a"]["pid"] == 100 and rows["a"]["uptime"] == 2.5
     assert rows["s"]["pid"] == 700 and rows["s"]["kind"] == "smart" and rows["a"]["respawns"] == 0
+
+
+# --- legion daemons -----------------------------------------------------------------------------
+
+def legion_dumb(name="ld"):
+    return DaemonPlan(name=name, command=f"run-{name}", kind=DaemonKind.DUMB, option="legion-attach-daemon",
+                      origin=O, legion="L")
+
+
+def legion_smart(name="ls"):
+    return DaemonPlan(name=name, command=f"run-{name}", kind=DaemonKind.SMART, option="legion-smart-attach-daemon",
+                      origin=O, legion="L", pidfile=f"/run/{name}.pid")
+
+
+def test_legion_daemon_waits_for_lordship_and_follows_it():
+    h = Harness(plan(legion_dumb(), dumb("plain")))
+    out = h.start()
+    assert of(out, fx.Spawn) == [fx.Spawn("plain", respawn=False)]
+    out = h.feed(ev.LordChanged(1.0, "L", True, 1000.0))
+    assert of(out, fx.Spawn) == [fx.Spawn("ld", respawn=False)]
+    h.spawned("ld", 300)
+    assert h.sup.status(1.0)[0]["lord"] is True
+    out = h.feed(ev.LordChanged(2.0, "L", False))
+    assert fx.SendSignal(300, TERM, True) in out
+    assert any('stopping legion "L" daemon' in t for t in logs(out))
+    out = h.fire("ld", "kill")                       # never-ending stop signals are not enough (Q-D12)
+    assert fx.SendSignal(300, KILL, True) in out
+    h.exited(300, 9)
+    out = h.feed(ev.RemnantsFound(h.now, "ld", ()))
+    assert not of(out, fx.Spawn) and h.state("ld") is DaemonState.IDLE
+
+
+def test_legion_daemon_death_is_respawned_only_while_lord():
+    h = Harness(plan(legion_dumb()))
+    h.start()
+    h.feed(ev.LordChanged(0.0, "L", True, 1000.0))
+    h.spawned("ld", 300)
+    h.now = 50.0
+    h.exited(300, 9)
+    assert of(h.feed(ev.RemnantsFound(50.0, "ld", ())), fx.Spawn)
+
+
+def test_smart_legion_daemon_found_running_on_a_non_lord_is_stopped():
+    h = Harness(plan(legion_smart()))
+    out = h.start()
+    assert of(out, fx.ReadPidfile)
+    out = h.feed(ev.PidfileRead(0.0, "ls", 900))
+    assert fx.SendSignal(900, TERM, True) in out
+    assert not of(out, fx.Spawn)
+
+
+def test_smart_legion_daemon_without_instance_waits_on_a_non_lord():
+    h = Harness(plan(legion_smart()))
+    h.start()
+    out = h.feed(ev.PidfileRead(0.0, "ls", None, "missing"))
+    assert not of(out, fx.Spawn) and h.state("ls") is DaemonState.IDLE
+
+
+def test_master_stop_stops_smart_legion_daemons_like_dumb_ones():
+    h = Harness(plan(legion_smart()))
+    h.start()
+    h.feed(ev.PidfileRead(0.0, "ls", None, "missing"))
+    h.feed(ev.LordChanged(0.0, "L", True, 1000.0))
+    h.feed(ev.PidfileRead(0.0, "ls", 901))
+    out = h.feed(ev.StopRequested(1.0, "SIGTERM"))
+    assert fx.SendSignal(901, TERM, True) in out
+    assert not of(out, fx.Exit)
