@@ -474,7 +474,7 @@ class Runtime:
         result = pidfile.read_pid(d.plan.pidfile)
         pid, reason = result.pid, result.reason
         if pid is not None:
-            refusal = pidfile.plausible(pid, d.plan.pidfile)
+            refusal = pidfile.plausible(pid, d.plan.pidfile, d.plan.identity.uid)
             if refusal is not None:
                 pid, reason = None, refusal
         self.post(ev.PidfileRead(time.monotonic(), e.name, pid, reason))
