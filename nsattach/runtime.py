@@ -103,8 +103,13 @@ class Runtime:
             raise SetupError(f"control socket {path}: {exc.strerror}") from None
         self.control_ino = os.stat(path).st_ino
         self.control = ControlServer(self.loop, sock, lambda req, conn: handle_request(self, req, conn), self.log,
-                                     allowed_gid=gid)
-        self.loop.call_at(time.monotonic() + HOUSEKEEPING_S, ("", "housekeeping"))
+                                     allowed_gid=gid, on_connect=self.arm_housekeeping)
+
+    def arm_housekeeping(self) -> None:
+        """A once-a-second check of control deadlines, armed only while a connection or an
+        operator request is pending: an idle master has no timer to wake it."""
+        if not self.loop.has_timer(("", "housekeeping")):
+            self.loop.call_at(time.monotonic() + HOUSEKEEPING_S, ("", "housekeeping"))
 
     def _close_control(self) -> None:
         if self.control is None:
@@ -319,8 +324,9 @@ class Runtime:
 
             if self.control is not None:
                 self.control.expire()
-            check_waiters(self, expire=True)
-            self.loop.call_at(time.monotonic() + HOUSEKEEPING_S, ("", "housekeeping"))
+            check_waiters(self)
+            if self.waiters or (self.control is not None and self.control.connections):
+                self.arm_housekeeping()
         elif name == "" and what == "watchdog":
             self.notifier.watchdog()
             self.loop.call_at(time.monotonic() + self.notifier.watchdog_s / 2, ("", "watchdog"))

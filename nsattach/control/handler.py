@@ -89,6 +89,7 @@ def _named(rt, conn, verb: str, names: list[str], now: float) -> None:
             longest = max(longest, wait)
     waiter.deadline = now + longest
     rt.waiters.append(waiter)
+    rt.arm_housekeeping()
     check_waiters(rt)
 
 
@@ -109,7 +110,7 @@ def _outcome(rt, verb: str, name: str) -> tuple[bool, str] | None:
     return None
 
 
-def check_waiters(rt, expire: bool = False) -> None:
+def check_waiters(rt) -> None:
     now = time.monotonic()
     for waiter in list(rt.waiters):
         results, done = [], True

@@ -138,8 +138,9 @@ class Connection:
 
 class ControlServer:
     def __init__(self, loop, sock: socket.socket, handler: Callable[[dict, Connection], None], log,
-                 allowed_gid: int | None = None, clock=None):
+                 allowed_gid: int | None = None, clock=None, on_connect: Callable[[], None] | None = None):
         self.loop = loop
+        self.on_connect = on_connect        # lets the owner arm a deadline check only while needed
         self.sock = sock
         self.handler = handler
         self.log = log
@@ -174,6 +175,8 @@ class ControlServer:
             pid, uid, gid = peer_credentials(conn)
             c = Connection(self, conn, self.clock() + CONNECTION_TIMEOUT_S)
             self.connections.add(c)
+            if self.on_connect is not None:
+                self.on_connect()
             if not self._allowed(uid, gid):
                 self.log(f"control: refused a request from uid {uid} (pid {pid})", "warning")
                 c.reply({"ok": False, "message": "permission denied: only root (or the control group) may control nsattach"})
