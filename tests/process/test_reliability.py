@@ -99,3 +99,42 @@ def test_1000_daemons_start_answer_status_and_stop(master, tmp_path):
     assert status_s < 10, status_s           # a generous ceiling: it is ~0.2 s here
     assert m.stop(timeout=60) == 0
     assert not any(alive(p) for p in pids)
+
+
+@pytest.mark.timeout(300)
+def test_200_crash_looping_daemons_keep_the_master_flat_and_responsive(master, tmp_path):
+    n = 200
+    body = "".join(f"attach-daemon2 = cmd=false,name=c{i}\n" for i in range(n))
+    m = master(f"[uwsgi]\ncontrol-socket = {tmp_path}/ctl.sock\n" + body)
+    m.wait_log(r"\[c199\] pid")
+    master_proc = psutil.Process(m.pid)
+
+    def sample():
+        began = time.monotonic()
+        r = m.ctl("status", "--json", timeout=30)
+        answer_s = time.monotonic() - began
+        assert r.returncode == 0
+        assert len(json.loads(r.stdout)["daemons"]) == n
+        return master_proc.num_fds(), master_proc.memory_info().rss, answer_s
+
+    def pace_until(when: float) -> None:
+        """A soak test samples on a schedule: wait for the clock, nothing else."""
+        wait_for(lambda: time.monotonic() >= when, timeout=when - time.monotonic() + 5, interval=0.5,
+                 what="the next sample time")
+
+    # a first look once the loop is in full swing, then every 10 s for two more minutes
+    start = time.monotonic()
+    pace_until(start + 30)
+    fds_early, rss_early, _ = sample()
+    samples = []
+    for k in range(1, 13):
+        pace_until(start + 30 + 10 * k)
+        samples.append(sample())
+    fds_late, rss_late, _ = samples[-1]
+    assert max(s[2] for s in samples) < 5.0, samples        # status keeps answering promptly
+    assert fds_late <= fds_early + 10, (fds_early, fds_late)
+    assert rss_late <= rss_early + 8 * 1024 * 1024, (rss_early, rss_late)
+    spawns = m.log().count("[c7] pid")
+    # throttled: quick deaths wait 0, 1, 2, ... s, so 150 s allow about 18 spawns, not thousands
+    assert 5 <= spawns <= 20, spawns
+    assert m.stop() == 0
