@@ -20,7 +20,7 @@ from nsattach.control.server import ControlServer, ControlSocketError, bind_cont
 from nsattach.core import effects as fx
 from nsattach.core import events as ev
 from nsattach.core.shellcmd import shell_argv
-from nsattach.core.supervisor import DaemonState, Supervisor
+from nsattach.core.supervisor import Phase, Supervisor
 from nsattach.errors import ConfigError, SetupError, SpawnError
 from nsattach.log import Logger, open_logto
 from nsattach.system import linux, pidfile, procfs
@@ -61,6 +61,9 @@ class Runtime:
         self.fifo_fd = -1
         self.fifo_slot = 0
         self.stopping = False
+        self._draining = False
+        self.legion = None                            # LegionService, when legions are configured
+        self.action_children: dict[int, object] = {}  # pid of a running legion action -> on_done
 
     # -- set-up ---------------------------------------------------------------------------
 
@@ -187,6 +190,7 @@ class Runtime:
     def run(self) -> int:
         self.start()
         try:
+            self._start_legions(self.plan)
             self.post(ev.MasterStarted(time.monotonic()))
             self.drain()
             if self.on_started is not None and self.exit_status is None:
@@ -227,6 +231,7 @@ class Runtime:
         self.post(ev.StopRequested(now, why))
 
     def finish(self) -> None:
+        self._stop_legions(reload=False)
         for fd in self.pidfds.values():
             os.close(fd)
         self.pidfds.clear()
@@ -256,6 +261,15 @@ class Runtime:
         self.queue.append(event)
 
     def drain(self) -> None:
+        if self._draining:
+            return       # called back from inside an effect: the running drain takes the events
+        self._draining = True
+        try:
+            self._drain()
+        finally:
+            self._draining = False
+
+    def _drain(self) -> None:
         while self.queue and self.exit_status is None:
             event = self.queue.popleft()
             for effect in self.core.handle(event):
@@ -266,6 +280,53 @@ class Runtime:
             from nsattach.control.handler import check_waiters
 
             check_waiters(self)
+        if self.legion is not None and self.core.phase in (Phase.STOPPING, Phase.DONE):
+            self._stop_legions(reload=False)      # announce the death while the daemons stop
+
+    # -- legion ------------------------------------------------------------------------------
+
+    def _start_legions(self, plan: Plan) -> None:
+        if not plan.legions:
+            return
+        import socket
+
+        from nsattach.errors import LegionError
+        from nsattach.legion.node import LegionService
+
+        service = LegionService(plan.legions, plan.legion_settings, _LegionHost(self),
+                                hostname=socket.gethostname(), pid=os.getpid())
+        try:
+            service.start()
+        except LegionError as exc:
+            raise SetupError(str(exc)) from None
+        self.legion = service
+
+    def _stop_legions(self, reload: bool) -> None:
+        service, self.legion = self.legion, None
+        if service is None:
+            return
+        if reload:
+            service.reload_stop()
+        else:
+            service.stop()
+        self.loop.cancel(("legion", "tick"))
+
+    def _reconfigure_legions(self, old: Plan, new: Plan) -> None:
+        """A reload keeps the legion nodes as they are unless their configuration changed;
+        then the old identity announces its death and a new one (new uuid) joins."""
+        if old.legions == new.legions and old.legion_settings == new.legion_settings:
+            return
+        was_lord = list(self.core.lords)
+        self._stop_legions(reload=True)
+        now = time.monotonic()
+        for legion in was_lord:
+            self.post(ev.LordChanged(now, legion, False))
+        self._start_legions(new)
+
+    def _on_action_exit(self, pid: int, status: int) -> None:
+        on_done = self.action_children.pop(pid)
+        code = os.waitstatus_to_exitcode(status)
+        on_done(code if code >= 0 else 128 - code)     # killed by a signal: a failure
 
     def execute_all(self, effects) -> None:
         """Carry out effects that did not come from an event (operator commands), then drain."""
@@ -297,6 +358,9 @@ class Runtime:
                 return
             if pid == 0:
                 return
+            if pid in self.action_children:
+                self._on_action_exit(pid, status)
+                continue
             if pid in self.pidfds:
                 self._forget(pid)
             self.post(ev.ProcessExited(now, pid, status))
@@ -319,6 +383,9 @@ class Runtime:
         name, what = key
         if what == "touch-poll":
             self._poll_touch()
+        elif name == "legion" and what == "tick":
+            if self.legion is not None:
+                self.legion.on_timer()
         elif name == "" and what == "housekeeping":
             from nsattach.control.handler import check_waiters
 
@@ -350,9 +417,14 @@ class Runtime:
         except OSError as exc:
             self.post(ev.SpawnFailed(now, e.name, f"output {d.output}: {exc.strerror}"))
             return
+        env = daemon_env(os.environ, d.identity)
+        if d.legion is not None:
+            # so a daemon can tell its legion and since when this node leads it (fencing)
+            env["NSATTACH_LEGION"] = d.legion
+            env["NSATTACH_LEGION_LORD_SINCE"] = str(int(self.core.lords.get(d.legion, 0)))
         request = SpawnRequest(
             argv=tuple(shell_argv(self.plan.master.binsh, d.command)),
-            env=daemon_env(os.environ, d.identity),
+            env=env,
             cwd=d.chdir,
             identity=d.identity,
             stdin_devnull=not d.honour_stdin,
@@ -534,8 +606,12 @@ class Runtime:
             return
         for warning in plan.warnings:
             self.log(f"reload: warning: {warning}", "warning")
-        self.plan = plan
+        old, self.plan = self.plan, plan
         self._apply_env(plan)
+        try:
+            self._reconfigure_legions(old, plan)
+        except SetupError as exc:
+            self.log(f"reload: {exc}", "error")
         self.last_reload = (True, [])
         self.post(ev.ConfigReloaded(now, plan))
         self.notifier.ready(self.summary())
@@ -543,6 +619,44 @@ class Runtime:
     def _do_Exit(self, e: fx.Exit) -> None:
         self.exit_status = e.status
         self.loop.stop()
+
+
+class _LegionHost:
+    """What the legion service needs from the master (nsattach.legion.node.LegionHost)."""
+
+    def __init__(self, rt: Runtime):
+        self.rt = rt
+
+    def call_at(self, when_monotonic: float) -> None:
+        self.rt.loop.call_at(when_monotonic, ("legion", "tick"))
+
+    def add_reader(self, fd: int, callback) -> None:
+        self.rt.loop.add_reader(fd, callback)
+
+    def remove_reader(self, fd: int) -> None:
+        self.rt.loop.remove_reader(fd)
+
+    def run_action(self, legion: str, event: str, action, env: dict[str, str], on_done) -> None:
+        if action.action == "log":
+            self.rt.log(f"[uwsgi-legion] {action.argument}")
+            on_done(0)
+            return
+        request = SpawnRequest(argv=(self.rt.plan.master.binsh, "-c", action.argument),
+                               env=daemon_env({**os.environ, **env}, self.rt.plan.master.identity))
+        try:
+            result = spawn(request)
+        except SpawnError as exc:
+            self.rt.log(f"[uwsgi-legion] {event} action {action.action}:{action.argument}: {exc}", "error")
+            on_done(None)
+            return
+        self.rt.action_children[result.pid] = on_done
+
+    def log(self, text: str, level: str = "info") -> None:
+        self.rt.log(text, level)
+
+    def lord_changed(self, legion: str, lord: bool, since_wall: float) -> None:
+        self.rt.post(ev.LordChanged(time.monotonic(), legion, lord, since_wall))
+        self.rt.drain()
 
 
 def _readable_now(fd: int) -> bool:

@@ -145,4 +145,17 @@ def status_reply(rt, now: float) -> dict:
         "phase": rt.core.phase.value,
         "control_socket": rt.plan.master.control_socket,
     }
-    return {"ok": True, "message": f"{len(rows)} daemon(s)", "master": master, "daemons": rows}
+    legions = rt.legion.status() if rt.legion is not None else {}
+    return {"ok": True, "message": f"{len(rows)} daemon(s)", "master": master, "daemons": rows,
+            "legions": _plain(legions)}
+
+
+def _plain(value):
+    """Legion status holds bytes (uuids, scrolls): make it JSON."""
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, bytes):
+        return value.rstrip(b"\0").decode("utf-8", "backslashreplace")
+    return value
