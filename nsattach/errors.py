@@ -13,6 +13,7 @@ EXIT_OK = 0
 EXIT_FAILURE = 1          # a runtime failure: setup, spawn of the master, hooks
 EXIT_USAGE = 2            # bad command line (argparse's own convention)
 EXIT_CONFIG = 100         # the configuration is invalid; nothing was started
+EXIT_JAIL_REBUILD = 75    # jailed master -> its monitor: the jail's own options changed, build it again
 
 
 @dataclass(frozen=True)

@@ -21,7 +21,7 @@ from nsattach.core import effects as fx
 from nsattach.core import events as ev
 from nsattach.core.shellcmd import shell_argv
 from nsattach.core.supervisor import Phase, Supervisor
-from nsattach.errors import ConfigError, SetupError, SpawnError
+from nsattach.errors import EXIT_JAIL_REBUILD, ConfigError, SetupError, SpawnError
 from nsattach.log import Logger, open_logto
 from nsattach.system import linux, pidfile, procfs
 from nsattach.system.loop import Loop
@@ -36,12 +36,17 @@ HOUSEKEEPING_S = 1.0      # control-connection deadlines and pending operator re
 
 class Runtime:
     def __init__(self, plan: Plan, reload_plan=None, log: Logger | None = None,
-                 on_started=None, on_exit=None, check_reload=None):
+                 on_started=None, on_exit=None, check_reload=None, on_reload=None, control_sock=None):
         self.plan = plan
         self.reload_plan = reload_plan        # () -> Plan, raises ConfigError
         self.check_reload = check_reload      # (Plan) -> list[ConfigProblem]: what a reload cannot apply
         self.on_started = on_started          # () -> None, after every daemon was started (master-start hooks)
         self.on_exit = on_exit                # () -> None, when the master ends (atexit hooks)
+        # (Plan) -> bool: True when the new plan cannot be applied in place (the jail's own
+        # options changed): the master then stops and run() returns EXIT_JAIL_REBUILD
+        self.on_reload = on_reload
+        self.control_sock = control_sock      # a control socket bound early (before a jail or a uid drop)
+        self.rebuild = False
         self.log = log or Logger()
         self.loop = Loop()
         self.core = Supervisor(plan, master_ids=(os.getuid(), os.getgid()))
@@ -87,7 +92,9 @@ class Runtime:
                 raise SetupError(f"writing pidfile {plan.master.pidfile}: {exc.strerror}") from None
             self.log(f"writing pidfile to {plan.master.pidfile}")
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
-        if plan.master.control_socket:
+        if self.control_sock is not None:
+            self._serve_control(self.control_sock, plan.master.control_group)
+        elif plan.master.control_socket:
             self._open_control(plan.master.control_socket, plan.master.control_group)
         if plan.master.master_fifo:
             self._open_fifo(0)
@@ -96,15 +103,12 @@ class Runtime:
         self.log(f"nsattach master (pid: {os.getpid()}) supervising {len(plan.daemons)} daemon(s)")
 
     def _open_control(self, path: str, gid: int | None) -> None:
+        self._serve_control(open_control_socket(path, gid), gid)
+        self.control_ino = os.stat(path).st_ino        # ours to remove at exit
+
+    def _serve_control(self, sock, gid: int | None) -> None:
         from nsattach.control.handler import handle_request
 
-        try:
-            sock = bind_control_socket(path, gid)
-        except ControlSocketError as exc:
-            raise SetupError(f"control socket: {exc.strerror}") from None
-        except OSError as exc:
-            raise SetupError(f"control socket {path}: {exc.strerror}") from None
-        self.control_ino = os.stat(path).st_ino
         self.control = ControlServer(self.loop, sock, lambda req, conn: handle_request(self, req, conn), self.log,
                                      allowed_gid=gid, on_connect=self.arm_housekeeping)
 
@@ -121,7 +125,7 @@ class Runtime:
         self.control = None
         path = self.plan.master.control_socket
         try:
-            if path and os.stat(path).st_ino == self.control_ino:
+            if path and self.control_ino is not None and os.stat(path).st_ino == self.control_ino:
                 os.unlink(path)
         except OSError:
             pass
@@ -162,7 +166,7 @@ class Runtime:
             if cmd in "rR":
                 self.post(ev.ReloadRequested(now))
             elif cmd in "qQ":
-                self._request_stop(now, "master fifo")
+                self.request_stop(now, "master fifo")
             elif cmd == "s":
                 self._log_status()
             elif cmd == "P" and self.plan.master.pidfile:
@@ -202,6 +206,8 @@ class Runtime:
                 self.loop.run(self._on_timer)
         finally:
             self.finish()
+        if self.rebuild:
+            return EXIT_JAIL_REBUILD
         return self.exit_status or 0
 
     def summary(self) -> str:
@@ -224,7 +230,7 @@ class Runtime:
                 self.log(f"reopening {sink.path}: {exc.strerror}", "error")
         self.log("log files reopened")
 
-    def _request_stop(self, now: float, why: str) -> None:
+    def request_stop(self, now: float, why: str) -> None:
         if not self.stopping:
             self.stopping = True
             self.notifier.stopping()
@@ -341,7 +347,7 @@ class Runtime:
         if signum == signal.SIGCHLD:
             self._reap(now)
         elif signum in STOP_SIGNALS:
-            self._request_stop(now, STOP_SIGNALS[signum])
+            self.request_stop(now, STOP_SIGNALS[signum])
         elif signum == signal.SIGHUP:
             self.post(ev.ReloadRequested(now))
         elif signum == signal.SIGUSR1:
@@ -432,6 +438,7 @@ class Runtime:
             daemonize_pidfile=d.pidfile if d.kind is DaemonKind.SMART2 else None,
             stdout_fd=write_fd,
             stderr_fd=None if write_fd is None else 1,
+            ns_pid=d.ns_pid,
         )
         try:
             result = spawn(request)
@@ -606,6 +613,12 @@ class Runtime:
             return
         for warning in plan.warnings:
             self.log(f"reload: warning: {warning}", "warning")
+        if self.on_reload is not None and self.on_reload(plan):
+            self.log("reload: the jail's own options changed: stopping to build the jail again")
+            self.rebuild = True
+            self.last_reload = (True, [])
+            self.request_stop(now, "reload with new jail options")
+            return
         old, self.plan = self.plan, plan
         self._apply_env(plan)
         try:
@@ -657,6 +670,16 @@ class _LegionHost:
     def lord_changed(self, legion: str, lord: bool, since_wall: float) -> None:
         self.rt.post(ev.LordChanged(time.monotonic(), legion, lord, since_wall))
         self.rt.drain()
+
+
+def open_control_socket(path: str, gid: int | None):
+    """Bind the control socket, as a SetupError that says what to do when it cannot be."""
+    try:
+        return bind_control_socket(path, gid)
+    except ControlSocketError as exc:
+        raise SetupError(f"control socket: {exc.strerror}") from None
+    except OSError as exc:
+        raise SetupError(f"control socket {path}: {exc.strerror}") from None
 
 
 def _readable_now(fd: int) -> bool:

@@ -90,12 +90,27 @@ class KeepMount:
 
 
 @dataclass(frozen=True)
+class VethPlan:
+    """A veth pair between the host (the monitor's network namespace) and the jail."""
+
+    host_ifname: str
+    jail_ifname: str
+    jail_address: str | None = None     # ADDR/PREFIX on the jail end
+    host_address: str | None = None     # ADDR/PREFIX on the host end
+    gateway: str | None = None          # default route inside the jail
+
+
+@dataclass(frozen=True)
 class NamespacePlan:
     root: str                       # absolute directory to pivot into ("/" = no pivot)
     hostname: str | None
     keep_mounts: tuple[KeepMount, ...] = ()
-    net: bool = False
+    net: bool = False               # a new network namespace (loopback brought up)
     origin: Origin | None = None
+    value: str = ""                 # the option's value as written (for the log)
+    private_dev: bool = False       # a private /dev: tmpfs, host nodes bound, own devpts
+    veth: VethPlan | None = None
+    netns: str | None = None        # join this named network namespace (/run/netns/NAME)
 
 
 @dataclass(frozen=True)

@@ -121,11 +121,32 @@ _OPTIONS: list[Option] = [
     Option("namespace-keep-mount", "namespace",
            "Bind a host path into the jail: PATH (same place, or PATH minus the jail root) or SRC:DST.",
            c.as_nonempty, repeat=True, metavar="PATH|SRC:DST"),
+    Option("namespace-keep-mount-ro", "namespace",
+           "Like namespace-keep-mount, but the bind (and everything mounted below it) is read-only.",
+           c.as_nonempty, repeat=True, metavar="PATH|SRC:DST"),
     Option("namespace-net", "namespace", "Also give the jail a new network namespace (loopback up).",
            c.as_bool, False, aliases=("ns-net",), flag=True, metavar="BOOL"),
+    Option("namespace-private-dev", "namespace",
+           "Give the jail its own minimal /dev: a tmpfs with null, zero, full, random, urandom and tty "
+           "bound from the host, a new devpts instance on /dev/pts with /dev/ptmx, and /dev/shm. "
+           "Off by default (uWSGI adds nothing to the jail's /dev).",
+           c.as_bool, False, flag=True, metavar="BOOL"),
+    Option("namespace-netns", "namespace",
+           "Put the jail into this existing named network namespace (/run/netns/NAME, e.g. from ip netns add) "
+           "instead of a new one.", c.as_nonempty, metavar="NAME"),
+    Option("namespace-veth", "namespace",
+           "With namespace-net: a veth pair, HOST_IF stays in nsattach's network namespace, JAIL_IF goes into the jail.",
+           c.as_nonempty, metavar="HOST_IF:JAIL_IF"),
+    Option("namespace-veth-address", "namespace", "Address of the jail end of namespace-veth.",
+           c.as_nonempty, metavar="ADDR/PREFIX"),
+    Option("namespace-veth-host-address", "namespace", "Address of the host end of namespace-veth.",
+           c.as_nonempty, metavar="ADDR/PREFIX"),
+    Option("namespace-veth-gateway", "namespace", "Default route inside the jail, through the veth.",
+           c.as_nonempty, metavar="ADDR"),
     Option("unshare", "namespace",
            "unshare() these namespaces for the master without a jail: comma list of "
-           "files, ipc, net, pid, ns/fs/mount/mnt, sysvsem, uts, user.",
+           "files, ipc, net, pid, ns/fs/mount/mnt, sysvsem, uts (pid: the master forks once and "
+           "runs as PID 1 of the new namespace; mount: / is made private in it).",
            c.as_nonempty, repeat=True, metavar="LIST"),
     # --- legion ----------------------------------------------------------------------
     Option("legion", "legion", "Join a legion: NAME ADDR VALOR CIPHER:SECRET [IV].",

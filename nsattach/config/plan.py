@@ -21,7 +21,7 @@ from nsattach.config import convert as c
 from nsattach.config.model import (
     DEFAULT_MAX_THROTTLE_S, DEFAULT_PIDFILE_FREQ, DEFAULT_RELOAD_MERCY_S, DaemonKind, DaemonPlan,
     HookPlan, Identity, KeepMount, LegionActionPlan, LegionNodePlan, LegionPlan, LegionSettings,
-    MasterPlan, NamespacePlan, Plan,
+    MasterPlan, NamespacePlan, Plan, VethPlan,
 )
 from nsattach.config.options import APP_SERVER_KEYS, HOOK_PHASES, REFUSED_KEYS, lookup, suggest
 from nsattach.config.raw import Entry, RawConfig
@@ -36,6 +36,13 @@ DAEMON2_KEYS = (
 DAEMON2_FLAGS = ("control", "daemonize", "daemon", "stdin", "ns_pid", "notifypid")
 
 UNSHARE_NAMES = ("files", "ipc", "net", "io", "parent", "pid", "ns", "fs", "mount", "mnt", "sysvsem", "uts", "user")
+UNSHARE_INVALID = {   # uWSGI accepts them, the kernel refuses them
+    "io": "CLONE_IO is not a flag unshare(2) accepts (EINVAL)",
+    "parent": "CLONE_PARENT is not a flag unshare(2) accepts (EINVAL)",
+    "user": "a user namespace would leave the master without root before its uid/gid mappings exist; "
+            "nsattach does not support unshare = user",
+}
+IFNAME_RE = re.compile(r"^[A-Za-z0-9_.@-]{1,15}$")
 
 HOOK_ACTIONS = (
     "exec", "safeexec", "mount", "umount", "cd", "chdir", "mkdir", "putenv", "create", "creat",
@@ -105,16 +112,25 @@ class _Builder:
         self.warnings: list[str] = [str(w) for w in raw.warnings]
         self.values: dict[str, list[tuple[Any, Entry]]] = {}
         self.ignored: list[str] = []
+        # With a jail (root other than /) the master and the daemons live inside it: relative
+        # paths that they use are resolved against the jail's / (where the master's cwd is after
+        # the pivot), and uid/gid names against the jail's /etc/passwd and /etc/group.
+        self.jail_root: str | None = None
+        self.id_accounts = accounts
 
     # -- generic option handling ------------------------------------------------------
 
     def build(self) -> Plan:
         self._convert_entries()
+        self._find_jail_root()
         master = self._master()
         legions, legion_settings = self._legions()
         daemons = self._daemons(master, {lg.name for lg in legions})
         namespace = self._namespace()
         hooks = self._hooks()
+        if any(h.phase == "post-jail" for h in hooks) and namespace is None and not master.unshare:
+            self.warnings.append("post-jail hooks run only with namespace (in the outer process) or unshare "
+                                 "(after it): as configured they never run")
         if self.problems.errors:
             raise ConfigError(sorted(self.problems.errors, key=self._position))
         if self.ignored:
@@ -173,6 +189,38 @@ class _Builder:
     def _abspath(self, path: str, base: str | None = None) -> str:
         return posixpath.normpath(posixpath.join(base or self.cwd, path))
 
+    def _inner_path(self, path: str, base: str | None = None) -> str:
+        """A path the master or a daemon uses after the jail is built (see __init__)."""
+        return posixpath.normpath(posixpath.join(base or ("/" if self.jail_root else self.cwd), path))
+
+    def _find_jail_root(self) -> None:
+        value, _ = self._last("namespace")
+        if value is None:
+            return
+        root = value.strip().partition(":")[0]
+        if root.startswith("/") and posixpath.normpath(root) != "/":
+            self.jail_root = posixpath.normpath(root)
+            self.id_accounts = jail_accounts(self.jail_root)
+
+    def _resolve_identity(self, user: str | None, group: str | None) -> Identity:
+        """uid/gid texts -> Identity; in a jail from the jail's own account files, with the
+        supplementary groups resolved here too (nothing asks the host's NSS for a jail user)."""
+        try:
+            identity = c.resolve_identity(user, group, self.id_accounts)
+        except ValueError as exc:
+            if self.jail_root:
+                raise ValueError(f"{exc} [looked up in the jail's {self.jail_root}/etc/passwd and "
+                                 f"{self.jail_root}/etc/group]") from None
+            raise
+        if self.jail_root and identity.gid is not None:
+            groups = [identity.gid]
+            if identity.user is not None:
+                for gid in jail_group_ids(self.jail_root, identity.user):
+                    if gid not in groups:
+                        groups.append(gid)
+            identity = replace(identity, groups=tuple(groups))
+        return identity
+
     # -- master ---------------------------------------------------------------------------
 
     def _master(self) -> MasterPlan:
@@ -181,16 +229,17 @@ class _Builder:
         gid, gid_entry = self._last("gid")
         if uid is not None or gid is not None:
             try:
-                identity = c.resolve_identity(uid, gid, self.accounts)
+                identity = self._resolve_identity(uid, gid)
             except ValueError as exc:
                 self.problems.add(uid_entry or gid_entry, str(exc))
         pidfile, _ = self._last("pidfile")
         mercy, _ = self._last("reload-mercy")
         chdir, chdir_entry = self._last("chdir")
         if chdir is not None:
-            chdir = self._abspath(chdir)
-            if not os.path.isdir(chdir):
-                self.warnings.append(f"{chdir_entry.origin}: chdir: {chdir} is not a directory (yet)")
+            chdir = self._inner_path(chdir)
+            seen_from_here = (self.jail_root + chdir) if self.jail_root else chdir
+            if not os.path.isdir(seen_from_here):
+                self.warnings.append(f"{chdir_entry.origin}: chdir: {seen_from_here} is not a directory (yet)")
         env: list[tuple[str, str]] = []
         for value, entry in self._all("env"):
             key, sep, val = value.partition("=")
@@ -212,6 +261,8 @@ class _Builder:
             for name in (n.strip() for n in value.split(",")):
                 if name not in UNSHARE_NAMES:
                     self.problems.add(entry, f"unknown namespace {name!r} (valid: {', '.join(UNSHARE_NAMES)})")
+                elif name in UNSHARE_INVALID:
+                    self.problems.add(entry, f"{name}: {UNSHARE_INVALID[name]}")
                 else:
                     unshare.append(name)
         logto, _ = self._last("logto")
@@ -235,8 +286,8 @@ class _Builder:
             identity=identity,
             pidfile=self._abspath(pidfile) if pidfile else None,
             reload_mercy=mercy or DEFAULT_RELOAD_MERCY_S,
-            touch_reload=tuple(self._abspath(v) for v, _ in self._all("touch-reload")),
-            master_fifo=tuple(self._abspath(v) for v, _ in self._all("master-fifo")),
+            touch_reload=tuple(self._inner_path(v) for v, _ in self._all("touch-reload")),
+            master_fifo=tuple(self._inner_path(v) for v, _ in self._all("master-fifo")),
             logto=self._abspath(logto) if logto else None,
             chdir=chdir,
             vacuum=self._last("vacuum")[0],
@@ -393,12 +444,17 @@ class _Builder:
     def _finish_daemon(self, d: _Draft, master: MasterPlan, legion_names: set[str]) -> DaemonPlan | None:
         entry = d.entry
         before = len(self.problems.errors)
+        master_drops = master.identity.uid not in (None, 0)
         if d.ns_pid and d.daemonize:
             self.problems.add(entry, "ns_pid cannot be combined with daemonize: the pid written would be "
                                      "namespace-local (uWSGI Q-D7)")
-        elif d.ns_pid:
-            self.problems.add(entry, "ns_pid is not supported yet (per-daemon PID namespaces come with the "
-                                     "namespace work); remove it rather than have it ignored")
+        elif d.ns_pid and d.pidfile:
+            self.problems.add(entry, "ns_pid cannot be combined with pidfile: the daemon would write a "
+                                     "namespace-local pid the master cannot use (uWSGI Q-D7)")
+        elif d.ns_pid and master_drops:
+            self.problems.add(entry, f"ns_pid needs root to create the PID namespace, but the master drops to "
+                                     f"uid {master.identity.uid} before it starts daemons: remove uid= from the "
+                                     "master or ns_pid from the daemon")
         if d.daemonize and not d.pidfile:
             self.problems.add(entry, "daemonize needs a pidfile (pidfile=PATH): without one the daemon could "
                                      "never be found again (uWSGI Q-D6 respawns it forever)")
@@ -407,10 +463,7 @@ class _Builder:
         if d.control and d.pidfile:
             self.problems.add(entry, "control only applies to daemons without a pidfile (uWSGI ignores it there)")
         if d.legion is not None:
-            if d.option == "attach-daemon2":
-                self.problems.add(entry, "attach-daemon2 key legion is not supported yet (legion daemons come "
-                                         "with the Legion work); uWSGI silently ignores it, nsattach refuses it")
-            elif d.legion not in legion_names:
+            if d.legion not in legion_names:
                 defined = ", ".join(sorted(legion_names)) or "none defined"
                 self.problems.add(entry, f"legion {d.legion!r} is not defined by any legion/legion-mcast line ({defined})")
         if d.control and d.legion:
@@ -418,13 +471,23 @@ class _Builder:
         identity = Identity()
         if d.uid is not None or d.gid is not None:
             try:
-                identity = c.resolve_identity(d.uid, d.gid, self.accounts)
+                identity = self._resolve_identity(d.uid, d.gid)
             except ValueError as exc:
                 self.problems.add(entry, str(exc))
+        if identity.changes_anything and master_drops:
+            m = master.identity
+            if identity.uid in (None, m.uid) and identity.gid in (None, m.gid):
+                # exactly what the master already is once it dropped: nothing to change (and a
+                # non-root master could not even call setgroups)
+                identity = Identity()
+            else:
+                self.problems.add(entry, f"the master drops to {m.describe()} before it starts daemons and can then "
+                                         f"no longer switch to {identity.describe()}: remove uid=/gid= from the "
+                                         "daemon (it runs as the master) or from the master (it stays root)")
         output = self._daemon_output(d, entry)
         if len(self.problems.errors) != before:
             return None
-        workdir = master.chdir or self.cwd
+        workdir = master.chdir or ("/" if self.jail_root else self.cwd)
         chdir = self._abspath(d.chdir, workdir) if d.chdir else None
         pidfile = self._abspath(d.pidfile, chdir or workdir) if d.pidfile else None
         if d.pidfile:
@@ -447,7 +510,7 @@ class _Builder:
         if output is None:
             logdir, _ = self._last("daemon-logdir")
             if logdir is not None:
-                output = posixpath.join(self._abspath(logdir), f"{d.name}.log")
+                output = posixpath.join(self._inner_path(logdir), f"{d.name}.log")
             else:
                 output, out_entry = self._last("daemon-output")
                 if output not in ("inherit", "tag"):
@@ -456,7 +519,7 @@ class _Builder:
                 if output == "tag" and d.pidfile:
                     return "inherit"      # the global choice applies to the daemons that can take it
         elif output not in ("inherit", "tag"):
-            output = self._abspath(output)
+            output = self._inner_path(output)
         if output == "tag" and d.pidfile:
             self.problems.add(entry, "output=tag needs a daemon without a pidfile: a smart daemon outlives "
                                      "nsattach and would lose its output pipe (use output=FILE)")
@@ -466,14 +529,23 @@ class _Builder:
 
     def _namespace(self) -> NamespacePlan | None:
         value, entry = self._last("namespace")
-        keeps = self._all("namespace-keep-mount")
+        order = {id(e): i for i, e in enumerate(self.raw.entries)}
+        keeps = sorted([(v, e, False) for v, e in self._all("namespace-keep-mount")]
+                       + [(v, e, True) for v, e in self._all("namespace-keep-mount-ro")],
+                       key=lambda item: order[id(item[1])])   # config order across both options
         net, net_entry = self._last("namespace-net")
+        jail_only = ("namespace-private-dev", "namespace-netns", "namespace-veth", "namespace-veth-address",
+                     "namespace-veth-host-address", "namespace-veth-gateway")
         if value is None:
-            for _, e in keeps:
-                self.problems.add(e, "namespace-keep-mount needs a namespace = DIR[:HOSTNAME] line")
+            for _, e, _ in keeps:
+                self.problems.add(e, f"{e.key} needs a namespace = DIR[:HOSTNAME] line")
             if net and net_entry is not None:
                 self.problems.add(net_entry, "namespace-net needs a namespace = DIR[:HOSTNAME] line "
                                              "(for the master alone use unshare = net)")
+            for key in jail_only:
+                v, e = self._last(key)
+                if e is not None and v:
+                    self.problems.add(e, f"{key} needs a namespace = DIR[:HOSTNAME] line")
             return None
         root, _, hostname = value.strip().partition(":")
         if not root.startswith("/"):
@@ -485,7 +557,7 @@ class _Builder:
         if hostname and not HOSTNAME_RE.match(hostname):
             self.problems.add(entry, f"{hostname!r} is not a valid host name (letters, digits, '.' and '-', at most 64)")
         keep_mounts = []
-        for keep, e in keeps:
+        for keep, e, readonly in keeps:
             src, sep, dst = keep.strip().partition(":")
             if not src.startswith("/") or (sep and not dst.startswith("/")):
                 self.problems.add(e, f"{keep!r}: keep-mount paths must be absolute (PATH or SRC:DST)")
@@ -495,9 +567,73 @@ class _Builder:
                 dst = posixpath.normpath(dst)
             else:
                 dst = jail_destination(root, src)
-            keep_mounts.append(KeepMount(source=src, target=dst, origin=e.origin))
+            if dst in ("/", "/proc") or dst.startswith("/proc/"):
+                self.problems.add(e, f"{keep!r}: cannot bind over the jail's {dst} (it is the jail's own)")
+                continue
+            keep_mounts.append(KeepMount(source=src, target=dst, readonly=readonly, origin=e.origin))
+        netns, netns_entry = self._last("namespace-netns")
+        if netns is not None:
+            netns = netns.strip()
+            if not re.match(r"^[A-Za-z0-9_.-]+$", netns) or netns in (".", ".."):
+                self.problems.add(netns_entry, f"{netns!r} is not a network namespace name (as in /run/netns/NAME)")
+            elif net:
+                self.problems.add(netns_entry, "namespace-netns and namespace-net exclude each other "
+                                               "(join an existing network namespace, or get a new one)")
         return NamespacePlan(root=root, hostname=hostname or None, keep_mounts=tuple(keep_mounts),
-                             net=bool(net), origin=entry.origin)
+                             net=bool(net), origin=entry.origin, value=value.strip(),
+                             private_dev=bool(self._last("namespace-private-dev")[0]),
+                             veth=self._veth(bool(net)), netns=netns)
+
+    def _veth(self, net: bool) -> VethPlan | None:
+        import ipaddress
+
+        value, entry = self._last("namespace-veth")
+        extras = [(k, *self._last(k)) for k in ("namespace-veth-address", "namespace-veth-host-address",
+                                                 "namespace-veth-gateway")]
+        if value is None:
+            for key, v, e in extras:
+                if e is not None:
+                    self.problems.add(e, f"{key} needs namespace-veth = HOST_IF:JAIL_IF")
+            return None
+        ok = True
+        if not net:
+            self.problems.add(entry, "namespace-veth needs namespace-net = true (the jail end goes into the "
+                                     "jail's own network namespace)")
+            ok = False
+        host_if, sep, jail_if = value.strip().partition(":")
+        for name in (host_if, jail_if):
+            if not IFNAME_RE.match(name):
+                self.problems.add(entry, f"{value!r}: {name!r} is not an interface name (1-15 of letters, digits, "
+                                         "'_', '.', '-', '@'); expected HOST_IF:JAIL_IF")
+                ok = False
+                break
+        addresses: dict[str, str | None] = {}
+        for key, v, e in extras:
+            if v is None:
+                addresses[key] = None
+                continue
+            try:
+                if key == "namespace-veth-gateway":
+                    ipaddress.ip_address(v.strip())
+                else:
+                    if "/" not in v:
+                        raise ValueError("needs a prefix length, as in 10.0.0.2/30")
+                    ipaddress.ip_interface(v.strip())
+            except ValueError as exc:
+                self.problems.add(e, f"{v!r}: {exc}")
+                ok = False
+            addresses[key] = v.strip()
+        if addresses["namespace-veth-gateway"] and not addresses["namespace-veth-address"]:
+            v, e = self._last("namespace-veth-gateway")
+            self.problems.add(e, "namespace-veth-gateway needs namespace-veth-address (the route goes out "
+                                 "through the jail end)")
+            ok = False
+        if not ok:
+            return None
+        return VethPlan(host_ifname=host_if, jail_ifname=jail_if,
+                        jail_address=addresses["namespace-veth-address"],
+                        host_address=addresses["namespace-veth-host-address"],
+                        gateway=addresses["namespace-veth-gateway"])
 
     # -- hooks ----------------------------------------------------------------------------
 
@@ -515,7 +651,7 @@ class _Builder:
             if not sep:
                 self.problems.add(entry, "invalid hook-touch syntax (expected: FILE ACTION:ARG)")
             elif self._check_hook("hook", action.strip(), entry):
-                hooks.append(HookPlan("touch", "hook", f"{self._abspath(path)} {action.strip()}", "hook-touch", entry.origin))
+                hooks.append(HookPlan("touch", "hook", f"{self._inner_path(path)} {action.strip()}", "hook-touch", entry.origin))
         return hooks
 
     def _check_hook(self, family: str, value: str, entry: Entry) -> bool:
@@ -728,3 +864,65 @@ def jail_destination(root: str, path: str) -> str:
     if parts[: len(root_parts)] == root_parts:
         return "/" + "/".join(parts[len(root_parts):])
     return path
+
+
+# --- a jail's own account files ---------------------------------------------------------
+
+def _read_colon_file(path: str, fields: int) -> list[list[str]]:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            lines = f.read().splitlines()
+    except OSError:
+        return []
+    rows = []
+    for line in lines:
+        if not line or line.startswith("#"):
+            continue
+        parts = line.split(":")
+        if len(parts) >= fields:
+            rows.append(parts)
+    return rows
+
+
+def jail_accounts(root: str) -> c.Accounts:
+    """Accounts answered from ``<root>/etc/passwd`` and ``<root>/etc/group`` (parsed here: the
+    host's NSS must not answer for the jail, and cannot once the master is inside it)."""
+    import grp
+    import pwd
+
+    def passwd() -> list[pwd.struct_passwd]:
+        out = []
+        for p in _read_colon_file(posixpath.join(root, "etc/passwd"), 7):
+            if p[2].isdigit() and p[3].isdigit():
+                out.append(pwd.struct_passwd((p[0], p[1], int(p[2]), int(p[3]), p[4], p[5], p[6])))
+        return out
+
+    def groups() -> list[grp.struct_group]:
+        out = []
+        for g in _read_colon_file(posixpath.join(root, "etc/group"), 4):
+            if g[2].isdigit():
+                members = [m for m in g[3].split(",") if m]
+                out.append(grp.struct_group((g[0], g[1], int(g[2]), members)))
+        return out
+
+    def find(rows, attr, value):
+        for row in rows:
+            if getattr(row, attr) == value:
+                return row
+        raise KeyError(value)
+
+    return c.Accounts(
+        getpwnam=lambda name: find(passwd(), "pw_name", name),
+        getpwuid=lambda uid: find(passwd(), "pw_uid", uid),
+        getgrnam=lambda name: find(groups(), "gr_name", name),
+        getgrgid=lambda gid: find(groups(), "gr_gid", gid),
+    )
+
+
+def jail_group_ids(root: str, user: str) -> list[int]:
+    """The groups of ``<root>/etc/group`` that list ``user`` as a member (initgroups' view)."""
+    out = []
+    for g in _read_colon_file(posixpath.join(root, "etc/group"), 4):
+        if g[2].isdigit() and user in g[3].split(","):
+            out.append(int(g[2]))
+    return out

@@ -63,7 +63,7 @@ def handle_request(rt, request: dict, conn) -> None:
                         "errors": rt.last_reload[1]})
     elif cmd == "shutdown":
         conn.reply({"ok": True, "message": f"stopping nsattach (pid {os.getpid()})"})
-        rt._request_stop(now, "shutdown request")
+        rt.request_stop(now, "shutdown request")
         rt.drain()
     elif cmd == "reopen-logs":
         rt.reopen_logs()

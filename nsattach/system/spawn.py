@@ -12,10 +12,21 @@ the order of DESIGN.md point 5:
     PR_SET_PDEATHSIG (last: any credential change clears it)
     close fds >= 3 → execve
 
+With ``ns_pid`` (uwsgi-spec §2.10, Q-D7) the child we fork (C1, the one the master tracks) stays
+outside as a keeper and the program runs as PID 1 of a new PID namespace (C2):
+
+    C1: ... setsid → PR_SET_PDEATHSIG (the request's) → unshare(CLONE_NEWPID) → fork C2, then
+        relay every signal to C2's process group until C2 exits, and exit the way it did.
+        A signal C2 (an init) has no handler for would be ignored by the kernel; C1 then
+        SIGKILLs it, as the kernel would kill an ordinary process (linux.relay_signal).
+    C2: setpgid → unshare(CLONE_NEWNS) → / rprivate → fresh /proc (so ps shows only its tree)
+        → setgid/setgroups/setuid → PR_SET_PDEATHSIG(SIGKILL) (dies with C1) → exec.
+
 Failure channel: a close-on-exec pipe. The child writes newline-terminated ASCII records and the
 parent reads to EOF (EOF = every writer exec'd or exited):
 
     PID <n>                 daemonize only: the grandchild's pid, sent before anything can fail
+    INIT <n>                ns_pid only: the host pid of the namespace's init (C2)
     ERR <step> <errno>      the step that failed; the writer then _exit(127)s
 
 Nothing else is ever written, so the stream is unambiguous.
@@ -82,6 +93,7 @@ class SpawnRequest:
     daemonize_pidfile: str | None = None
     stdout_fd: int | None = None
     stderr_fd: int | None = None
+    ns_pid: bool = False
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "argv", tuple(self.argv))
@@ -93,6 +105,9 @@ class SpawnRequest:
             raise ValueError("pdeathsig and daemonize_pidfile exclude each other")
         if self.daemonize_pidfile == "":
             raise ValueError("daemonize_pidfile must not be empty")
+        if self.ns_pid and self.daemonize_pidfile is not None:
+            # the pid the grandchild would report is namespace-local (uWSGI Q-D7)
+            raise ValueError("ns_pid and daemonize_pidfile exclude each other")
         if self.stdout_fd is not None and self.stdout_fd != 1 and self.stdout_fd < 3:
             raise ValueError(f"stdout_fd must be 1 or >= 3, not {self.stdout_fd}")
         if self.stderr_fd is not None and self.stderr_fd not in (1, 2) and self.stderr_fd < 3:
@@ -103,10 +118,15 @@ class SpawnRequest:
 class Spawned:
     """``pid`` is the child we forked. With daemonize it is the intermediate, which has already
     exited and been reaped here, and ``program_pid`` is the grandchild running the program
-    (our child again only if we are a child subreaper). Otherwise both are the same."""
+    (our child again only if we are a child subreaper). Otherwise both are the same.
+
+    With ns_pid, ``pid`` and ``program_pid`` are the keeper (the process to watch and signal:
+    it relays signals and exits like the program), and ``ns_init_pid`` is the host pid of the
+    program, PID 1 of its namespace."""
 
     pid: int
     program_pid: int
+    ns_init_pid: int | None = None
 
     @property
     def daemonized(self) -> bool:
@@ -156,6 +176,7 @@ class _ChildPlan:
     pdeathsig: int | None
     parent_pid: int
     fd_ceiling: int
+    ns_pid: bool = False
 
 
 class _PrepareError(Exception):
@@ -236,6 +257,7 @@ def _prepare(req: SpawnRequest) -> _ChildPlan:
         pdeathsig=None if not req.pdeathsig else int(req.pdeathsig),
         parent_pid=os.getpid(),
         fd_ceiling=linux.fd_ceiling(),
+        ns_pid=req.ns_pid,
     )
 
 
@@ -293,6 +315,11 @@ def _child(p: _ChildPlan, errw: int) -> NoReturn:
             step = "setsid"
             os.setsid()
 
+        alive_r = -1
+        if p.ns_pid:
+            step = "ns_pid"
+            alive_r = _enter_pid_namespace(p, errw)     # returns in C2 only
+
         if p.gid is not None:
             step = "setgid"
             os.setgid(p.gid)
@@ -333,7 +360,16 @@ def _child(p: _ChildPlan, errw: int) -> NoReturn:
                 os._exit(CHILD_FAILURE_STATUS)
             os.close(pfd)
 
-        if p.pdeathsig is not None:
+        if p.ns_pid:
+            step = "pdeathsig"          # C2 dies with its keeper, whatever the request says
+            linux.set_pdeathsig(signal.SIGKILL)
+            # getppid() is 0 in the new namespace: the keeper's death shows as EOF on this pipe
+            try:
+                if os.read(alive_r, 1) == b"":
+                    os.kill(os.getpid(), signal.SIGKILL)
+            except BlockingIOError:
+                pass
+        elif p.pdeathsig is not None:
             step = "pdeathsig"          # last: setuid/setgid would have cleared it
             linux.set_pdeathsig(p.pdeathsig)
             if os.getppid() != p.parent_pid:
@@ -351,6 +387,61 @@ def _child(p: _ChildPlan, errw: int) -> NoReturn:
         _report(errw, step, code)
     finally:
         os._exit(CHILD_FAILURE_STATUS)
+
+
+def _enter_pid_namespace(p: _ChildPlan, errw: int) -> int:
+    """ns_pid, in C1: fork C2 into a new PID namespace; only C2 returns (the read end of a
+    pipe whose EOF means C1 died). C1 stays here as the keeper and never returns."""
+    if p.pdeathsig is not None:
+        linux.set_pdeathsig(p.pdeathsig)      # C1 changes no credentials: set it now
+        if os.getppid() != p.parent_pid:
+            os.kill(os.getpid(), p.pdeathsig)
+    step = "unshare-pid"
+    try:
+        linux.unshare(linux.CLONE_NEWPID)
+        step = "pipe"
+        alive_r, alive_w = os.pipe()
+        # Block everything before the fork: C1 takes its signals with sigwaitinfo, and C2 must
+        # not act on one before its own set-up is done.
+        signal.pthread_sigmask(signal.SIG_BLOCK, _ALL_SIGNALS)
+        step = "fork-ns"
+        c2 = os.fork()
+    except OSError as e:
+        _report(errw, step, e.errno or 0)
+        os._exit(CHILD_FAILURE_STATUS)
+    if c2 != 0:
+        _keep_ns_init(p, errw, c2, alive_w)
+    os.close(alive_w)
+    step = "setpgid"
+    try:
+        os.setpgid(0, 0)                # C1 relays to this group; the master's killpg(C1) stops at C1
+        step = "unshare-mount"
+        linux.unshare(linux.CLONE_NEWNS)
+        step = "mount-private"          # never propagate our /proc back to the master's mounts
+        linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+        step = "mount-proc"
+        linux.mount("proc", "/proc", "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
+        os.set_blocking(alive_r, False)
+        signal.pthread_sigmask(signal.SIG_SETMASK, _NO_SIGNALS)
+    except OSError as e:
+        _report(errw, step, e.errno or 0)
+        os._exit(CHILD_FAILURE_STATUS)
+    return alive_r
+
+
+def _keep_ns_init(p: _ChildPlan, errw: int, c2: int, alive_w: int) -> NoReturn:
+    """C1 after the fork: report C2's host pid, then relay signals until C2 is gone."""
+    try:
+        os.write(errw, b"INIT %d\n" % c2)
+    except OSError:
+        pass
+    # Keep only stdio and the pipe C2 watches: C1 never execs, so close-on-exec fds of the
+    # master (its epoll, sockets, pidfds) would otherwise stay open in it. errw goes too, so
+    # the master reads EOF as soon as C2 has exec'd.
+    linux.close_fds_from(3, keep=(alive_w,), ceiling=p.fd_ceiling)
+    status = linux.relay_until_exit(c2, linux.CATCHABLE_SIGNALS - {signal.SIGCHLD}, group=True,
+                                    emulate_init=True)
+    linux.exit_like(status)
 
 
 # --------------------------------------------------------------------------------------------
@@ -384,7 +475,15 @@ def _step_object(step: str, req: SpawnRequest, p: _ChildPlan) -> str:
     if step in ("open-pidfile", "write-pidfile"):
         return f'"{req.daemonize_pidfile}"'
     if step == "pdeathsig":
-        return str(req.pdeathsig)
+        return "SIGKILL" if req.ns_pid else str(req.pdeathsig)
+    if step in ("unshare-pid", "unshare-mount"):
+        return "CLONE_NEWPID" if step == "unshare-pid" else "CLONE_NEWNS"
+    if step == "mount-private":
+        return '"/", MS_REC|MS_PRIVATE'
+    if step == "mount-proc":
+        return '"proc", "/proc"'
+    if step == "setpgid":
+        return "0, 0"
     if step == "execve":
         return f'"{os.fsdecode(p.path)}"'
     return ""
@@ -412,8 +511,9 @@ def _read_to_eof(fd: int) -> bytes:
         chunks.append(chunk)
 
 
-def _parse_records(data: bytes) -> tuple[int | None, tuple[str, int] | None]:
+def _parse_records(data: bytes) -> tuple[int | None, tuple[str, int] | None, int | None]:
     program_pid: int | None = None
+    init_pid: int | None = None
     failure: tuple[str, int] | None = None
     for line in data.split(b"\n"):
         if not line:
@@ -421,13 +521,15 @@ def _parse_records(data: bytes) -> tuple[int | None, tuple[str, int] | None]:
         parts = line.split(b" ")
         if parts[0] == b"PID" and len(parts) == 2 and parts[1].isdigit():
             program_pid = int(parts[1])
+        elif parts[0] == b"INIT" and len(parts) == 2 and parts[1].isdigit():
+            init_pid = int(parts[1])
         elif parts[0] == b"ERR" and len(parts) == 3 and parts[2].isdigit():
             if failure is None:
                 failure = (parts[1].decode("ascii", "replace"), int(parts[2]))
         else:
             raise _spawn_error(f"spawn: garbled report from the child: {line[:80]!r}",
                                step="protocol", code=0)
-    return program_pid, failure
+    return program_pid, failure, init_pid
 
 
 def _reap(pid: int) -> int | None:
@@ -491,7 +593,7 @@ def spawn(req: SpawnRequest) -> Spawned:
             os.close(w)
 
     try:
-        program_pid, failure = _parse_records(data)
+        program_pid, failure, init_pid = _parse_records(data)
     except SpawnError:
         _reap(pid)                  # cannot happen with this child code; never leave a zombie
         raise
@@ -513,4 +615,5 @@ def spawn(req: SpawnRequest) -> Spawned:
         raise _spawn_error(_failure_message(step, code, req, p), step=step, code=code,
                            pid=pid, program_pid=program_pid)
 
-    return Spawned(pid=pid, program_pid=program_pid if program_pid is not None else pid)
+    return Spawned(pid=pid, program_pid=program_pid if program_pid is not None else pid,
+                   ns_init_pid=init_pid)

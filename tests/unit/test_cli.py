@@ -88,14 +88,6 @@ def test_run_mode_validates_before_starting_anything(tmp_path, capsys):
     assert not marker.exists()
 
 
-def test_run_mode_refuses_what_it_cannot_run_yet(tmp_path, capsys):
-    ini = tmp_path / "ns.ini"
-    ini.write_text("[uwsgi]\nnamespace = /srv/jail:box\nattach-daemon = sleep 1\n")
-    status, _, err = run(["-c", str(ini)], capsys)
-    assert status == 100
-    assert f"{ini}:2: namespace: the namespace jail is not supported by the run mode yet" in err
-
-
 @pytest.mark.parametrize("content", [b"\x00\x01\x02binary", b"[uwsgi]\nattach-daemon = a\x00b\n",
                                      b"[uwsgi]\nkey = " + b"x" * 70000 + b"\n", b"\xff\xfe\xfa not utf-8"])
 def test_junk_files_give_a_clean_error(content, tmp_path, capsys):

@@ -103,8 +103,9 @@ def test_attach_daemon2_errors():
     assert "unknown attach-daemon2 key 'pidfle' (did you mean 'pidfile'?)" in e
     assert "daemonize needs a pidfile" in one_error("attach-daemon2 = cmd=x,daemonize=1")
     assert "ns_pid cannot be combined with daemonize" in " ".join(errors("attach-daemon2 = cmd=x,pidfile=/p,daemonize,ns_pid"))
-    assert "ns_pid is not supported yet" in one_error("attach-daemon2 = cmd=x,ns_pid=1")
-    assert "legion is not supported yet" in one_error("attach-daemon2 = cmd=x,legion=l")
+    assert plan("attach-daemon2 = cmd=x,ns_pid=1").daemons[0].ns_pid is True
+    assert "ns_pid cannot be combined with pidfile" in one_error("attach-daemon2 = cmd=x,pidfile=/p,ns_pid")
+    assert "legion 'l' is not defined" in one_error("attach-daemon2 = cmd=x,legion=l")
     assert "stopsignal" in one_error("attach-daemon2 = cmd=x,stopsignal=TERMINATE")
     assert "notifypid only applies" in one_error("attach-daemon2 = cmd=x,notifypid")
     assert "control only applies" in one_error("attach-daemon2 = cmd=x,pidfile=/p,control")
@@ -331,3 +332,9 @@ def test_bools(text, value):
 def test_kvlist_and_touch_list():
     assert parse_kvlist("cmd=a=b,x\\,y=1,,flag") == [("cmd", "a=b"), ("x,y", "1"), ("flag", None)]
     assert split_touch_list("/a;\"/b;c\";;/d\\;e") == ["/a", "/b;c", "/d;e"]
+
+
+def test_attach_daemon2_legion_key_makes_a_legion_daemon():
+    # uWSGI parses the key but never uses it: the daemon runs on every node (Q-D1)
+    p = plan("legion = l 127.0.0.1:9 1 aes-128-cbc:x", "attach-daemon2 = cmd=x,legion=l,pidfile=/tmp/x.pid")
+    assert p.daemons[0].legion == "l" and p.daemons[0].kind is DaemonKind.SMART
