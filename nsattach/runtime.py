@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import collections
 import errno
+import fcntl
 import os
 import resource
 import signal
@@ -24,6 +25,7 @@ from nsattach.core.supervisor import Phase, Supervisor
 from nsattach.errors import EXIT_JAIL_REBUILD, ConfigError, SetupError, SpawnError
 from nsattach.log import Logger, open_logto
 from nsattach.system import linux, pidfile, procfs
+from nsattach.system.cgroup import Cgroups, instance_name
 from nsattach.system.loop import Loop
 from nsattach.system.notify import Notifier
 from nsattach.system.output import Capture, FileSink, LogSink
@@ -68,6 +70,8 @@ class Runtime:
         self.stopping = False
         self._draining = False
         self.legion = None                            # LegionService, when legions are configured
+        self.cgroups = None                           # system.cgroup.Cgroups, when the kernel offers one
+        self.lock_fd = -1                             # flock held for the master's whole life
         self.action_children: dict[int, object] = {}  # pid of a running legion action -> on_done
 
     # -- set-up ---------------------------------------------------------------------------
@@ -78,6 +82,7 @@ class Runtime:
         if plan.master.logto:
             open_logto(plan.master.logto)
         linux.set_child_subreaper()
+        self._setup_cgroups(plan)
         self._apply_env(plan)
         if plan.master.chdir:
             try:
@@ -179,6 +184,35 @@ class Runtime:
                 break
         self.drain()
 
+    def _setup_cgroups(self, plan: Plan) -> None:
+        """One cgroup per dumb or legion daemon (see system/cgroup.py); first, whatever a
+        master of this configuration killed with SIGKILL left in them is stopped."""
+        if os.geteuid() != 0:
+            return
+        instance = instance_name(plan.config_files)
+        self.cgroups = Cgroups.detect(instance)
+        if self.cgroups is None:
+            self.log("no cgroup hierarchy: a daemon's leftovers are found through its session only", "warning")
+            return
+        # the leftovers below are killed: make sure they are not a live master's daemons
+        os.makedirs("/run/nsattach", mode=0o755, exist_ok=True)
+        lock_path = f"/run/nsattach/{instance}.lock"
+        self.lock_fd = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+        try:
+            fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SetupError(f"another nsattach runs this configuration (it holds {lock_path}): "
+                             "refusing to start the same daemons twice") from None
+        for name, pids in self.cgroups.leftovers().items():
+            self.log(f"found {len(pids)} process(es) left in the cgroup of daemon {name} by an earlier "
+                     f"nsattach (pids: {' '.join(map(str, pids[:20]))}): killing them", "warning")
+            if not self.cgroups.sweep(name):
+                self.log(f"the cgroup of daemon {name} could not be emptied", "error")
+            self.cgroups.remove(name)
+
+    def _in_cgroup(self, d) -> bool:
+        return self.cgroups is not None and (d.kind is DaemonKind.DUMB or d.legion is not None)
+
     def _apply_env(self, plan: Plan) -> None:
         for key, value in plan.master.env:
             os.environ[key] = value
@@ -210,6 +244,19 @@ class Runtime:
             return EXIT_JAIL_REBUILD
         return self.exit_status or 0
 
+    def _sweep_cgroups(self) -> None:
+        """At exit nothing of a dumb or legion daemon may stay behind, whatever it forked."""
+        if self.cgroups is None:
+            return
+        for name, d in self.core.daemons.items():
+            if self._in_cgroup(d.plan):
+                left = self.cgroups.members(name)
+                if left:
+                    self.log(f"killing {len(left)} process(es) left in the cgroup of {name} "
+                             f"(pids: {' '.join(map(str, left[:20]))}) [{name}]", "warning")
+                    self.cgroups.sweep(name)
+                self.cgroups.remove(name)
+
     def summary(self) -> str:
         """One line for systemd's STATUS=: how many daemons are in which state."""
         counts = collections.Counter(r["state"] for r in self.core.status(time.monotonic()))
@@ -238,6 +285,7 @@ class Runtime:
 
     def finish(self) -> None:
         self._stop_legions(reload=False)
+        self._sweep_cgroups()
         for fd in self.pidfds.values():
             os.close(fd)
         self.pidfds.clear()
@@ -428,6 +476,12 @@ class Runtime:
             # so a daemon can tell its legion and since when this node leads it (fencing)
             env["NSATTACH_LEGION"] = d.legion
             env["NSATTACH_LEGION_LORD_SINCE"] = str(int(self.core.lords.get(d.legion, 0)))
+        cgroup_fd = None
+        if self._in_cgroup(d):
+            try:
+                cgroup_fd = self.cgroups.procs_fd(d.name)
+            except OSError as exc:
+                self.log(f"cgroup for {d.name}: {exc.strerror}; tracking it by its session only", "warning")
         request = SpawnRequest(
             argv=tuple(shell_argv(self.plan.master.binsh, d.command)),
             env=env,
@@ -439,6 +493,7 @@ class Runtime:
             stdout_fd=write_fd,
             stderr_fd=None if write_fd is None else 1,
             ns_pid=d.ns_pid,
+            cgroup_fd=cgroup_fd,
         )
         try:
             result = spawn(request)
@@ -450,6 +505,8 @@ class Runtime:
         finally:
             if write_fd is not None:
                 os.close(write_fd)
+            if cgroup_fd is not None:
+                os.close(cgroup_fd)
         if read_fd is not None:
             sink = LogSink(self.log) if d.output == "tag" else self._file_sink(d.output)
             capture = Capture(d.name, read_fd, sink)
@@ -536,10 +593,18 @@ class Runtime:
             self.log(f"kill({e.pid}, {e.signum}): {exc.strerror}", "error")
 
     def _do_FindRemnants(self, e: fx.FindRemnants) -> None:
-        pids = procfs.session_members(e.sid, exclude={os.getpid()})
-        self.post(ev.RemnantsFound(time.monotonic(), e.name, tuple(pids)))
+        pids = set(procfs.session_members(e.sid, exclude={os.getpid()})) if e.sid else set()
+        d = self.core.daemons.get(e.name)
+        if d is not None and self._in_cgroup(d.plan):
+            # the cgroup also holds what left the session (setsid) or was orphaned
+            pids.update(p for p in self.cgroups.members(e.name) if procfs.read_stat(p) is not None
+                        and not procfs.read_stat(p).is_zombie)
+        self.post(ev.RemnantsFound(time.monotonic(), e.name, tuple(sorted(pids))))
 
     def _do_KillPids(self, e: fx.KillPids) -> None:
+        d = self.core.daemons.get(e.name)
+        if e.signum == signal.SIGKILL and d is not None and self._in_cgroup(d.plan):
+            self.cgroups.kill(e.name, signal.SIGKILL)    # the whole cgroup at once: fork storms too
         for pid in e.pids:
             fd = self.pidfds.get(pid)
             try:

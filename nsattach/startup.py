@@ -458,10 +458,12 @@ def preload_modules() -> None:
         psutil.Process().create_time()
     except Exception:
         pass
-    try:
-        import nsattach.legion.crypto  # noqa: F401
-    except ImportError:
-        pass
+    import select  # noqa: F401
+    import socket  # noqa: F401
+
+    import nsattach.config.ini  # noqa: F401   (a reload reads the config again)
+    import nsattach.legion.node  # noqa: F401  (sockets, crypto, election)
+    import nsattach.system.cgroup  # noqa: F401
     netns.preload()
 
 

@@ -59,6 +59,7 @@ class KillPids(Effect):
     pids: tuple[int, ...]
     sid: int
     signum: int
+    name: str = ""        # the daemon: with SIGKILL the runtime empties its whole cgroup too
 
 
 @dataclass(frozen=True)

@@ -197,7 +197,9 @@ class Supervisor:
         elif role == "remnant":
             d.remnants.discard(e.pid)
             if not d.remnants and d.state is DaemonState.CLEANING:
-                self._down(d, e.now, out)
+                # look once more: a remnant may have forked before it died (a fork storm);
+                # the round ends when a look finds nothing
+                out.append(fx.FindRemnants(d.name, d.sid or 0))
         else:
             if d.pid == e.pid:
                 self._main_died(d, e, out)
@@ -216,7 +218,7 @@ class Supervisor:
         for pid in pids:
             self._watch(pid, d, "remnant", out)
         sig = SIGKILL if d.escalated else d.plan.stop_signal
-        out.append(fx.KillPids(pids, d.sid or 0, sig))
+        out.append(fx.KillPids(pids, d.sid or 0, sig, d.name))
         if not d.escalated:
             out.append(fx.ArmTimer(d.name, "kill", e.now + self.mercy))
 
@@ -509,7 +511,7 @@ class Supervisor:
             d.escalated = True
             out.append(fx.Log(f"[uwsgi-daemons] processes left by {d.name} did not die in time, killing "
                               f"(pids: {' '.join(map(str, sorted(d.remnants)))}) {d.tag()}"))
-            out.append(fx.KillPids(tuple(sorted(d.remnants)), d.sid or 0, SIGKILL))
+            out.append(fx.KillPids(tuple(sorted(d.remnants)), d.sid or 0, SIGKILL, d.name))
 
     def _control_died(self, d: Daemon, status: int | None, now: float, out: list) -> None:
         out.append(fx.Log(f'control daemon "{d.plan.command}" {exit_description(status)}: stopping the instance {d.tag()}',

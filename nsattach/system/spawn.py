@@ -94,6 +94,7 @@ class SpawnRequest:
     stdout_fd: int | None = None
     stderr_fd: int | None = None
     ns_pid: bool = False
+    cgroup_fd: int | None = None     # an open cgroup.procs: the child moves itself there first
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "argv", tuple(self.argv))
@@ -177,6 +178,7 @@ class _ChildPlan:
     parent_pid: int
     fd_ceiling: int
     ns_pid: bool = False
+    cgroup_fd: int | None = None
 
 
 class _PrepareError(Exception):
@@ -258,6 +260,7 @@ def _prepare(req: SpawnRequest) -> _ChildPlan:
         parent_pid=os.getpid(),
         fd_ceiling=linux.fd_ceiling(),
         ns_pid=req.ns_pid,
+        cgroup_fd=req.cgroup_fd,
     )
 
 
@@ -294,6 +297,11 @@ def _child(p: _ChildPlan, errw: int) -> NoReturn:
             except (OSError, ValueError):
                 pass
         signal.pthread_sigmask(signal.SIG_SETMASK, _NO_SIGNALS)
+
+        if p.cgroup_fd is not None:
+            # before anything can fork: every descendant is born inside the daemon's cgroup
+            step = "cgroup"
+            os.write(p.cgroup_fd, b"0")
 
         if p.cwd is not None:
             step = "chdir"
@@ -456,6 +464,8 @@ def _describe_errno(code: int) -> str:
 
 def _step_object(step: str, req: SpawnRequest, p: _ChildPlan) -> str:
     ident = req.identity
+    if step == "cgroup":
+        return "cgroup.procs"
     if step == "chdir":
         return f'"{req.cwd}"'
     if step == "open-devnull":

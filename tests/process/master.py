@@ -101,8 +101,12 @@ class Master:
     def start(self) -> "Master":
         self.log_file = open(self.log_path, "wb")
         stdin = open(self.stdin, "rb") if self.stdin else subprocess.DEVNULL
+        args = list(self.args)
+        if "control-socket" not in self.config.read_text():
+            # never the shared default under /run: test runs must not see each other's masters
+            args += ["--control-socket", str(self.tmp / "ctl.sock")]
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "nsattach", "-c", str(self.config), *self.args],
+            [sys.executable, "-m", "nsattach", "-c", str(self.config), *args],
             stdin=stdin, stdout=self.log_file, stderr=subprocess.STDOUT,
             start_new_session=True, cwd=self.tmp, env={**os.environ, **(self.env or {})})
         if self.stdin:

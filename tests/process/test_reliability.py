@@ -138,3 +138,66 @@ def test_200_crash_looping_daemons_keep_the_master_flat_and_responsive(master, t
     # throttled: quick deaths wait 0, 1, 2, ... s, so 150 s allow about 18 spawns, not thousands
     assert 5 <= spawns <= 20, spawns
     assert m.stop() == 0
+
+
+def test_clean_stop_leaves_no_descendant_even_one_that_left_the_session(master):
+    # `setsid` puts the background sleep in a session of its own: out of reach of the
+    # daemon's process group and session, not of its cgroup
+    m = master("""
+        [uwsgi]
+        attach-daemon = setsid sleep 1000031 & exec sleep 1000032
+    """)
+    m.spawned_pid("setsid")
+    escaped = wait_for(lambda: processes_with_args("sleep", "1000031"), what="the escaped sleep")
+    m.registry.add(escaped[0])          # cleaned up even if nsattach fails to
+    assert os.getsid(escaped[0]) != os.getsid(processes_with_args("sleep", "1000032")[0])
+    assert m.stop() == 0
+    assert not processes_with_args("sleep", "1000031") and not processes_with_args("sleep", "1000032")
+
+
+def test_leftovers_of_a_killed_master_are_stopped_by_the_next_one(master, registry):
+    ini = """
+        [uwsgi]
+        attach-daemon = setsid sleep 1000041 & exec sleep 1000042
+    """
+    m = master(ini)
+    m.spawned_pid("setsid")
+    escaped = wait_for(lambda: processes_with_args("sleep", "1000041"), what="the escaped sleep")
+    registry.add(escaped[0])
+    m.signal(signal.SIGKILL)
+    m.wait_exit()
+    wait_for(lambda: not processes_with_args("sleep", "1000042"), what="pdeathsig kills the daemon itself")
+    assert processes_with_args("sleep", "1000041") == escaped      # its escaped child survived
+    m2 = master(ini)
+    m2.wait_log("left in the cgroup of daemon setsid by an earlier nsattach")
+    m2.spawned_pid("setsid")
+    assert not alive(escaped[0])
+
+
+def test_a_fork_storm_is_stopped_within_the_mercy(master):
+    m = master("""
+        [uwsgi]
+        reload-mercy = 1
+        attach-daemon = trap '' TERM; while :; do sleep 1000051 & sleep 0.01; done
+    """)
+    m.spawned_pid("trap")
+    wait_for(lambda: len(processes_with_args("sleep", "1000051")) > 50, what="a crowd of forks")
+    began = time.monotonic()
+    m.signal(signal.SIGTERM)
+    assert m.wait_exit() == 0
+    assert time.monotonic() - began < 1 + 1.5
+    assert wait_for(lambda: not processes_with_args("sleep", "1000051"), timeout=5, what="no fork left")
+
+
+def test_a_second_master_on_the_same_config_refuses_even_without_control_socket(master):
+    ini = """
+        [uwsgi]
+        control-socket = off
+        attach-daemon = sleep 1000061
+    """
+    m = master(ini)
+    pid = m.spawned_pid("sleep")
+    m2 = master(ini)
+    assert m2.wait_exit() == 1
+    assert "another nsattach runs this configuration" in m2.log()
+    assert alive(pid)

@@ -185,8 +185,12 @@ class Nsattach:
 
     def start(self) -> "Nsattach":
         self.log_file = open(self.log_path, "wb")
+        extra = []
+        if "control-socket" not in self.config.read_text():
+            # never the shared default under /run: test runs must not see each other's masters
+            extra = ["--control-socket", str(self.tmp / "ctl.sock")]
         self.proc = subprocess.Popen(
-            [*self.prefix, sys.executable, "-m", "nsattach", "-c", str(self.config)],
+            [*self.prefix, sys.executable, "-m", "nsattach", "-c", str(self.config), *extra],
             stdin=subprocess.DEVNULL, stdout=self.log_file, stderr=subprocess.STDOUT,
             start_new_session=True, cwd=self.tmp, env={**os.environ, **(self.env or {})})
         self.registry.add(self.proc.pid)

@@ -118,14 +118,19 @@ def test_remnants_are_stopped_before_the_respawn_and_killed_after_the_mercy():
     h.now = 60.0
     h.exited(100, 9)
     out = h.feed(ev.RemnantsFound(h.now, "a", (101, 102)))
-    assert fx.KillPids((101, 102), 100, TERM) in out
+    assert fx.KillPids((101, 102), 100, TERM, "a") in out
     assert fx.Watch(101) in out and fx.Watch(102) in out
     assert not of(out, fx.Spawn)
     assert h.timers[("a", "kill")] == 65.0
     out = h.fire("a", "kill")
-    assert fx.KillPids((101, 102), 100, KILL) in out
+    assert fx.KillPids((101, 102), 100, KILL, "a") in out
     assert not of(h.exited(101, 9), fx.Spawn)
     out = h.exited(102, 9)
+    assert of(out, fx.FindRemnants) == [fx.FindRemnants("a", 100)]      # anything forked meanwhile?
+    out = h.feed(ev.RemnantsFound(h.now, "a", (103,)))
+    assert fx.KillPids((103,), 100, KILL, "a") in out                   # already escalated
+    out = h.exited(103, 9)
+    out = h.feed(ev.RemnantsFound(h.now, "a", ()))
     assert of(out, fx.Spawn) == [fx.Spawn("a", respawn=True)]
 
 
