@@ -21,7 +21,7 @@ from nsattach.control.server import ControlServer, ControlSocketError, bind_cont
 from nsattach.core import effects as fx
 from nsattach.core import events as ev
 from nsattach.core.shellcmd import shell_argv
-from nsattach.core.supervisor import Phase, Supervisor
+from nsattach.core.supervisor import STOP_GRACE_S, Phase, Supervisor
 from nsattach.errors import EXIT_JAIL_REBUILD, ConfigError, SetupError, SpawnError
 from nsattach.log import Logger, open_logto
 from nsattach.system import linux, pidfile, procfs
@@ -68,8 +68,11 @@ class Runtime:
         self.fifo_fd = -1
         self.fifo_slot = 0
         self.stopping = False
+        self.stop_began: float | None = None
         self._draining = False
-        self.legion = None                            # LegionService, when legions are configured
+        self.legions: list = []                       # legion services (UDP, etcd) of the current plan
+        self.legions_leaving: list = []               # etcd services handing their leases back
+        self.legion_serial = 0
         self.cgroups = None                           # system.cgroup.Cgroups, when the kernel offers one
         self.lock_fd = -1                             # flock held for the master's whole life
         self.action_children: dict[int, object] = {}  # pid of a running legion action -> on_done
@@ -104,7 +107,7 @@ class Runtime:
         if plan.master.master_fifo:
             self._open_fifo(0)
         self.loop.handle_signals([*STOP_SIGNALS, signal.SIGHUP, signal.SIGCHLD, signal.SIGUSR1, signal.SIGUSR2],
-                                 self._on_signal)
+                                 self._on_signal, urgent=STOP_SIGNALS)
         self.log(f"nsattach master (pid: {os.getpid()}) supervising {len(plan.daemons)} daemon(s)")
 
     def _open_control(self, path: str, gid: int | None) -> None:
@@ -280,8 +283,18 @@ class Runtime:
     def request_stop(self, now: float, why: str) -> None:
         if not self.stopping:
             self.stopping = True
+            self.stop_began = now
             self.notifier.stopping()
         self.post(ev.StopRequested(now, why))
+
+    def stop_pending(self) -> bool:
+        """A stop was asked for, even one the loop has not seen yet (a hook is running)."""
+        return self.stopping or self.loop.urgent_seen
+
+    def stop_deadline(self) -> float:
+        """When a stop must be over: reload-mercy + 1 s after it began (or from now)."""
+        began = self.stop_began if self.stop_began is not None else time.monotonic()
+        return began + self.plan.master.reload_mercy + STOP_GRACE_S
 
     def finish(self) -> None:
         self._stop_legions(reload=False)
@@ -334,48 +347,105 @@ class Runtime:
             from nsattach.control.handler import check_waiters
 
             check_waiters(self)
-        if self.legion is not None and self.core.phase in (Phase.STOPPING, Phase.DONE):
+        if self.legions and self.core.phase in (Phase.STOPPING, Phase.DONE):
             self._stop_legions(reload=False)      # announce the death while the daemons stop
 
     # -- legion ------------------------------------------------------------------------------
 
-    def _start_legions(self, plan: Plan) -> None:
-        if not plan.legions:
-            return
+    def _start_legions(self, plan: Plan, kinds: tuple[str, ...] = ("udp", "etcd")) -> None:
         import socket
 
         from nsattach.errors import LegionError
-        from nsattach.legion.node import LegionService
 
-        service = LegionService(plan.legions, plan.legion_settings, _LegionHost(self),
-                                hostname=socket.gethostname(), pid=os.getpid())
-        try:
-            service.start()
-        except LegionError as exc:
-            raise SetupError(str(exc)) from None
-        self.legion = service
+        services = []
+        if "udp" in kinds and plan.legions:
+            from nsattach.legion.node import LegionService
 
-    def _stop_legions(self, reload: bool) -> None:
-        service, self.legion = self.legion, None
-        if service is None:
-            return
-        if reload:
-            service.reload_stop()
-        else:
-            service.stop()
-        self.loop.cancel(("legion", "tick"))
+            host = self._legion_host("udp")
+            services.append(LegionService(plan.legions, plan.legion_settings, host,
+                                          hostname=socket.gethostname(), pid=os.getpid()))
+        if "etcd" in kinds and plan.etcd_legions:
+            from nsattach.legion.etcd import EtcdLegionService
+
+            host = self._legion_host("etcd")
+            services.append(EtcdLegionService(plan.etcd_legions, plan.legion_settings, host,
+                                              hostname=socket.gethostname(), pid=os.getpid()))
+        for service in services:
+            service.host.service = service
+            try:
+                service.start()
+            except LegionError as exc:
+                raise SetupError(str(exc)) from None
+            self.legions.append(service)
+
+    def _legion_host(self, kind: str) -> "_LegionHost":
+        self.legion_serial += 1
+        return _LegionHost(self, f"legion-{kind}-{self.legion_serial}")
+
+    def _stop_legions(self, reload: bool, kinds: tuple[str, ...] = ("udp", "etcd")) -> None:
+        """Stop the legion services of ``kinds``. A UDP service is gone at once (its death
+        announcement is sent); an etcd service keeps its lease until this node's legion daemons
+        are gone, then revokes it, so it stays on the loop (``legions_leaving``) until then. At
+        exit (the loop has ended, the daemons are gone) the leaving ones get a bounded last
+        chance to revoke their leases."""
+        from nsattach.legion.etcd import EtcdLegionService
+
+        for service in [s for s in self.legions if _legion_kind(s) in kinds]:
+            self.legions.remove(service)
+            if isinstance(service, EtcdLegionService):
+                self.legions_leaving.append(service)
+            else:
+                self.loop.cancel(("", service.host.key))
+            if reload:
+                service.reload_stop()
+            else:
+                service.stop()
+        if self.core.phase is Phase.DONE or self.exit_status is not None:
+            for service in list(self.legions_leaving):
+                service.flush(service_flush_s(service))
+                self._legion_finished(service)
+
+    def _legion_finished(self, service) -> None:
+        if service in self.legions_leaving:
+            self.legions_leaving.remove(service)
+        self.loop.cancel(("", service.host.key))
+
+    def _legion_timer(self, key: str) -> None:
+        for service in (*self.legions, *self.legions_leaving):
+            if service.host.key == key:
+                service.on_timer()
+                return
+
+    def _legion_service(self, legion: str):
+        for service in self.legions:
+            if legion in service.legions:
+                return service
+        return None
 
     def _reconfigure_legions(self, old: Plan, new: Plan) -> None:
         """A reload keeps the legion nodes as they are unless their configuration changed;
-        then the old identity announces its death and a new one (new uuid) joins."""
-        if old.legions == new.legions and old.legion_settings == new.legion_settings:
+        then the old identity leaves (UDP: announces its death; etcd: hands its lease back once
+        its daemons are gone) and a new one (new uuid) joins. UDP and etcd legions are
+        compared (and restarted) separately."""
+        kinds = []
+        if old.legions != new.legions or old.legion_settings != new.legion_settings:
+            kinds.append("udp")
+        if old.etcd_legions != new.etcd_legions or (
+                old.etcd_legions and old.legion_settings.death_on_lord_error != new.legion_settings.death_on_lord_error):
+            kinds.append("etcd")
+        if not kinds:
             return
-        was_lord = list(self.core.lords)
-        self._stop_legions(reload=True)
+        names = set()
+        if "udp" in kinds:
+            names |= {lg.name for lg in old.legions}
+        if "etcd" in kinds:
+            names |= {lg.name for lg in old.etcd_legions}
+        was_lord = [legion for legion in self.core.lords if legion in names]
+        self._stop_legions(reload=True, kinds=tuple(kinds))
         now = time.monotonic()
         for legion in was_lord:
             self.post(ev.LordChanged(now, legion, False))
-        self._start_legions(new)
+        self._start_legions(new, tuple(kinds))
 
     def _on_action_exit(self, pid: int, status: int) -> None:
         on_done = self.action_children.pop(pid)
@@ -437,9 +507,8 @@ class Runtime:
         name, what = key
         if what == "touch-poll":
             self._poll_touch()
-        elif name == "legion" and what == "tick":
-            if self.legion is not None:
-                self.legion.on_timer()
+        elif name == "" and what.startswith("legion-"):
+            self._legion_timer(what)
         elif name == "" and what == "housekeeping":
             from nsattach.control.handler import check_waiters
 
@@ -476,6 +545,9 @@ class Runtime:
             # so a daemon can tell its legion and since when this node leads it (fencing)
             env["NSATTACH_LEGION"] = d.legion
             env["NSATTACH_LEGION_LORD_SINCE"] = str(int(self.core.lords.get(d.legion, 0)))
+            service = self._legion_service(d.legion)
+            # the fencing term: only grows from one lordship to the next (etcd: the lord key's revision)
+            env["NSATTACH_LEGION_TERM"] = str(service.term(d.legion) if service is not None else 0)
         cgroup_fd = None
         if self._in_cgroup(d):
             try:
@@ -700,19 +772,34 @@ class Runtime:
 
 
 class _LegionHost:
-    """What the legion service needs from the master (nsattach.legion.node.LegionHost)."""
+    """What a legion service needs from the master (nsattach.legion.node.LegionHost, and
+    nsattach.legion.etcd.EtcdLegionHost). ``key`` names the service's own timer."""
 
-    def __init__(self, rt: Runtime):
+    def __init__(self, rt: Runtime, key: str):
         self.rt = rt
+        self.key = key
+        self.service = None
 
     def call_at(self, when_monotonic: float) -> None:
-        self.rt.loop.call_at(when_monotonic, ("legion", "tick"))
+        self.rt.loop.call_at(when_monotonic, ("", self.key))
 
     def add_reader(self, fd: int, callback) -> None:
         self.rt.loop.add_reader(fd, callback)
 
     def remove_reader(self, fd: int) -> None:
         self.rt.loop.remove_reader(fd)
+
+    def watch(self, fd: int, on_read, on_write) -> None:
+        self.rt.loop.watch(fd, on_read, on_write)
+
+    def legion_idle(self, legion: str) -> bool:
+        from nsattach.core.supervisor import DaemonState
+
+        return all(d.state is DaemonState.IDLE for d in self.rt.core.daemons.values() if d.plan.legion == legion)
+
+    def finished(self) -> None:
+        if self.service is not None:
+            self.rt._legion_finished(self.service)
 
     def run_action(self, legion: str, event: str, action, env: dict[str, str], on_done) -> None:
         if action.action == "log":
@@ -735,6 +822,19 @@ class _LegionHost:
     def lord_changed(self, legion: str, lord: bool, since_wall: float) -> None:
         self.rt.post(ev.LordChanged(time.monotonic(), legion, lord, since_wall))
         self.rt.drain()
+
+
+def _legion_kind(service) -> str:
+    from nsattach.legion.etcd import EtcdLegionService
+
+    return "etcd" if isinstance(service, EtcdLegionService) else "udp"
+
+
+def service_flush_s(service) -> float:
+    """How long an exiting master waits for an etcd service's last requests (lease revocation)."""
+    from nsattach.legion.etcd import REQUEST_TIMEOUT_S
+
+    return REQUEST_TIMEOUT_S + 0.5
 
 
 def open_control_socket(path: str, gid: int | None):

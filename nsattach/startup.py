@@ -300,9 +300,13 @@ class Startup:
         return replace(plan, master=master)
 
     def _on_started(self) -> None:
+        # from here on the master's loop runs: a hook command must give way to a stop
+        self.hooks.interrupt = self.runtime.stop_pending
         try:
             self.hooks.run_phase("master-start")
         except HookError:
+            if self.runtime.stop_pending():
+                return              # interrupted by an operator's stop: the stop goes on
             # the daemons are up: stop them the normal way, then exit non-zero (Q-M4)
             self.master_start_failed = True
             self.log("master-start hook failed: stopping the instance", "error")
@@ -321,6 +325,9 @@ class Startup:
     def _on_exit(self) -> None:
         if self.touch_hooks is not None:
             self.touch_hooks.close()
+        # at exit the stop is under way: its deadline bounds these hooks too
+        self.hooks.interrupt = None
+        self.hooks.deadline = self.runtime.stop_deadline()
         self.hooks.run_phase("as-user-atexit", fatal=False)
 
     def _reload_plan(self) -> Plan:

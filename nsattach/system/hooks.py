@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import errno
 import os
+import select
 import signal
 import socket
 import stat
@@ -25,6 +26,7 @@ from nsattach.config.model import HookPlan, Identity
 from nsattach.errors import HookError, SpawnError
 from nsattach.system import linux
 from nsattach.system.jail import mounts_below
+from nsattach.core.shellcmd import shell_argv
 from nsattach.system.spawn import SpawnRequest, daemon_env, spawn
 
 # uWSGI's phase names in its log lines
@@ -34,6 +36,7 @@ PHASE_LOG_NAMES = {
     "as-user-atexit": "atexit", "touch": "touch",
 }
 FAMILY_ORDER = ("hook", "mount", "umount", "exec")
+HOOK_POLL_S = 0.1                  # how often a running hook command checks for a stop
 WAIT_FOR_TIMEOUT_S = 60.0          # uWSGI's wait-for-fs-timeout / wait-for-socket-timeout default
 WAIT_FOR_POLL_S = 0.1
 SPINNING_FIFO_POLL_S = 1.0
@@ -84,6 +87,11 @@ class HookRunner:
         self.log = log
         self.accounts = accounts
         self.ran: list[str] = []          # phases run, in order (each at most once per start)
+        # Once the master's loop runs, a hook must never hold up a stop: `interrupt` says a
+        # stop was asked for (the running command is then killed), `deadline` (monotonic) is
+        # when a command still running is killed anyway (the stop's own deadline, at exit).
+        self.interrupt: Callable[[], bool] | None = None
+        self.deadline: float | None = None
 
     def has(self, phase: str) -> bool:
         return any(h.phase == phase for h in self.hooks)
@@ -148,20 +156,49 @@ class HookRunner:
         environ = daemon_env(os.environ, Identity())
         if env:
             environ.update(env)
-        request = SpawnRequest(argv=(self.binsh, "-c", command), env=environ, new_session=False,
+        # its own process group, so a command that has to be killed goes with all it forked
+        request = SpawnRequest(argv=tuple(shell_argv(self.binsh, command)), env=environ, new_session=True,
                                stdin_devnull=False, pdeathsig=signal.SIGKILL)
         try:
             child = spawn(request)
         except SpawnError as exc:
             raise _Failed(f'command "{command}" could not be started: {exc}') from None
-        while True:
-            try:
-                _, status = os.waitpid(child.pid, 0)
-                break
-            except ChildProcessError:
-                raise _Failed(f'command "{command}": its exit status was taken by someone else') from None
+        status = self._wait(child.pid, command)
         if status != 0:
             raise _Failed(f'command "{command}" {describe_status(status)}')
+
+    def _wait(self, pid: int, command: str) -> int:
+        """The command's wait status; it is killed (and this fails) when a stop is asked for
+        or the deadline passes, so a stuck hook cannot keep the master from stopping."""
+        if self.interrupt is None and self.deadline is None:
+            try:
+                return os.waitpid(pid, 0)[1]
+            except ChildProcessError:
+                raise _Failed(f'command "{command}": its exit status was taken by someone else') from None
+        pidfd = linux.pidfd_open(pid)
+        try:
+            while True:
+                timeout = HOOK_POLL_S
+                if self.deadline is not None:
+                    timeout = max(0.0, min(timeout, self.deadline - time.monotonic()))
+                select.select([pidfd], [], [], timeout)
+                try:
+                    reaped, status = os.waitpid(pid, os.WNOHANG)
+                except ChildProcessError:
+                    raise _Failed(f'command "{command}": its exit status was taken by someone else') from None
+                if reaped:
+                    return status
+                why = None
+                if self.interrupt is not None and self.interrupt():
+                    why = "a stop was requested"
+                elif self.deadline is not None and time.monotonic() >= self.deadline:
+                    why = "the stop deadline passed"
+                if why:
+                    os.killpg(pid, signal.SIGKILL)
+                    os.waitpid(pid, 0)
+                    raise _Failed(f'command "{command}" killed: {why}')
+        finally:
+            os.close(pidfd)
 
     def _do_exec(self, arg: str, env) -> None:
         self._exec(arg, env)
@@ -285,7 +322,7 @@ class HookRunner:
     def _do_spinningfifo(self, arg: str, env) -> None:
         while not self._fifo_write(arg):
             self.log(f"waiting for {arg.partition(' ')[0]} ...")
-            time.sleep(SPINNING_FIFO_POLL_S)
+            self._pause(SPINNING_FIFO_POLL_S, f"spinningfifo {arg}")
 
     def _do_unlink(self, arg: str, env) -> None:
         os.unlink(arg)
@@ -341,7 +378,15 @@ class HookRunner:
         while not ready():
             if time.monotonic() >= deadline:
                 raise _Failed(f"{what} {arg}: still not there after {WAIT_FOR_TIMEOUT_S:g} s")
-            time.sleep(WAIT_FOR_POLL_S)
+            self._pause(WAIT_FOR_POLL_S, f"{what} {arg}")
+
+    def _pause(self, seconds: float, what: str) -> None:
+        """A polling hook's wait, cut short (as a failure) by a stop or the deadline."""
+        if self.interrupt is not None and self.interrupt():
+            raise _Failed(f"{what}: given up, a stop was requested")
+        if self.deadline is not None and time.monotonic() >= self.deadline:
+            raise _Failed(f"{what}: given up, the stop deadline passed")
+        time.sleep(seconds)
 
     def _do_wait_for_fs(self, arg: str, env) -> None:
         self._wait_for("wait_for_fs", arg, lambda: os.path.lexists(arg))

@@ -27,6 +27,10 @@ class Loop:
         self._wakeup_r = self._wakeup_w = -1
         self._on_signal: Callable[[int], None] | None = None
         self._old_handlers: dict[int, object] = {}
+        self._urgent: frozenset[int] = frozenset()
+        # set by the handler itself for an urgent signal, so code that is not in the loop
+        # (a hook command being waited for) can see a stop request at once
+        self.urgent_seen = False
 
     # -- descriptors ---------------------------------------------------------------------
 
@@ -96,13 +100,15 @@ class Loop:
 
     # -- signals -------------------------------------------------------------------------
 
-    def handle_signals(self, signums: Iterable[int], callback: Callable[[int], None]) -> None:
+    def handle_signals(self, signums: Iterable[int], callback: Callable[[int], None],
+                       urgent: Iterable[int] = ()) -> None:
         r, w = os.pipe2(os.O_NONBLOCK | os.O_CLOEXEC)
         self._wakeup_r, self._wakeup_w = r, w
         self._on_signal = callback
+        self._urgent = frozenset(int(s) for s in urgent)
         signal.set_wakeup_fd(w, warn_on_full_buffer=False)
         for signum in signums:
-            self._old_handlers[signum] = signal.signal(signum, _record_only)
+            self._old_handlers[signum] = signal.signal(signum, self._record)
         self.add_reader(r, self._read_signals)
 
     def _read_signals(self) -> None:
@@ -156,5 +162,8 @@ class Loop:
         self.selector.close()
 
 
-def _record_only(signum, frame) -> None:
-    """The wakeup fd already carries the signal number; the handler itself does nothing."""
+    def _record(self, signum, frame) -> None:
+        """The wakeup fd carries the signal number to the loop; the handler only notes an
+        urgent one."""
+        if signum in self._urgent:
+            self.urgent_seen = True

@@ -201,3 +201,23 @@ def test_a_second_master_on_the_same_config_refuses_even_without_control_socket(
     assert m2.wait_exit() == 1
     assert "another nsattach runs this configuration" in m2.log()
     assert alive(pid)
+
+
+def test_a_stuck_hook_cannot_hold_up_a_stop(master):
+    # a master-start hook that never ends, then an atexit hook that never ends either
+    m = master("""
+        [uwsgi]
+        reload-mercy = 1
+        attach-daemon = sleep 1000071
+        hook-master-start = exec:sleep 1000072
+        exec-as-user-atexit = sleep 1000073
+    """)
+    m.spawned_pid("sleep")
+    for pid in wait_for(lambda: processes_with_args("sleep", "1000072"), what="the stuck master-start hook"):
+        m.registry.add(pid)
+    began = time.monotonic()
+    m.signal(signal.SIGTERM)
+    assert m.wait_exit() == 0
+    assert time.monotonic() - began < 1 + 1 + 0.5          # mercy + 1 s, and a little for start-up noise
+    assert not processes_with_args("sleep", "1000072") and not processes_with_args("sleep", "1000073")
+    assert "killed: a stop was requested" in m.log() and "killed: the stop deadline passed" in m.log()
