@@ -221,3 +221,22 @@ def test_a_stuck_hook_cannot_hold_up_a_stop(master):
     assert time.monotonic() - began < 1 + 1 + 0.5          # mercy + 1 s, and a little for start-up noise
     assert not processes_with_args("sleep", "1000072") and not processes_with_args("sleep", "1000073")
     assert "killed: a stop was requested" in m.log() and "killed: the stop deadline passed" in m.log()
+
+
+def test_a_second_sigint_kills_everything_at_once(master):
+    m = master("""
+        [uwsgi]
+        reload-mercy = 30
+        attach-daemon = trap '' TERM INT; exec sleep 1000081
+        attach-daemon = trap '' TERM INT; exec sleep 1000082
+    """)
+    pids = [m.spawned_pid("trap"), m.spawned_pid("trap-2")]
+    wait_for(lambda: all(psutil.Process(p).name() == "sleep" for p in pids), what="sleeps exec'd")
+    m.signal(signal.SIGINT)
+    m.wait_log("stopping daemon")
+    began = time.monotonic()
+    m.signal(signal.SIGINT)
+    assert m.wait_exit(timeout=10) == 0
+    assert time.monotonic() - began < 3, "the second SIGINT did not cut the 30 s mercy short"
+    assert not any(alive(p) for p in pids)
+    assert "received again: killing every daemon now" in m.log()
