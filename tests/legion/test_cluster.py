@@ -13,8 +13,7 @@ import time
 import psutil
 import pytest
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "process"))
-from master import ProcessRegistry, wait_for  # noqa: E402
+from harness import ProcessRegistry, wait_for
 
 pytestmark = [pytest.mark.root, pytest.mark.timeout(180)]
 

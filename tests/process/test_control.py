@@ -11,7 +11,7 @@ import time
 
 import pytest
 
-from master import alive, wait_for
+from harness import alive, wait_for
 
 pytestmark = pytest.mark.root
 

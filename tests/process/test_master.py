@@ -11,7 +11,7 @@ import time
 import psutil
 import pytest
 
-from master import alive, read_pidfile, wait_for
+from harness import alive, read_pidfile, wait_for
 
 pytestmark = pytest.mark.root
 
@@ -38,7 +38,7 @@ def test_dumb_daemon_tracks_the_program_and_respawns_at_once(master):
         attach-daemon = sleep 1000
     """)
     pid = m.spawned_pid("sleep")
-    assert psutil.Process(pid).name() == "sleep"          # the program, not an sh wrapper
+    wait_for(lambda: psutil.Process(pid).name() == "sleep", what="the program, not an sh wrapper")
     assert psutil.Process(pid).ppid() == m.pid
     assert os.getpgid(pid) == pid and os.getsid(pid) == pid
     os.kill(pid, signal.SIGKILL)
@@ -159,7 +159,7 @@ def test_smart2_master_writes_the_pidfile_and_daemon_survives(master, tmp_path, 
     pid = m.spawned_pid("sleep")
     registry.add(pid)
     assert read_pidfile(pidfile) == pid
-    assert psutil.Process(pid).name() == "sleep"
+    wait_for(lambda: psutil.Process(pid).name() == "sleep", what="sleep exec'd")
     assert m.stop() == 0
     assert alive(pid)
 
@@ -333,7 +333,7 @@ def test_memcached_dumb_and_smart(master, public_tmp, registry):
         smart-attach-daemon = {pidfile} memcached -d -u nobody -l 127.0.0.1 -p 21312 -U 0 -m 8 -P {pidfile}
     """)
     dumb = m.spawned_pid("memcached")
-    assert psutil.Process(dumb).name() == "memcached"
+    wait_for(lambda: psutil.Process(dumb).name() == "memcached", what="memcached exec'd")
     m.wait_log(r"found changed pid")
     smart = read_pidfile(pidfile)
     registry.add(smart)
@@ -392,7 +392,8 @@ def test_reload_restarts_a_changed_daemon_with_its_new_command(master):
     m.config.write_text("[uwsgi]\nattach-daemon2 = cmd=sleep 2000,name=w\n")
     m.signal(signal.SIGHUP)
     new = m.spawned_pid("w", count=2)
-    assert psutil.Process(new).cmdline() == ["sleep", "2000"]
+    # the shell execs the program a moment after spawn() returns
+    wait_for(lambda: psutil.Process(new).cmdline() == ["sleep", "2000"], what="sleep 2000 exec'd")
     assert not alive(old)
 
 

@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from master import alive, wait_for
+from harness import alive, wait_for
 from nsattach.system import pidfile
 
 pytestmark = pytest.mark.root

@@ -10,7 +10,7 @@ import time
 import psutil
 import pytest
 
-from master import alive, read_pidfile, wait_for
+from harness import alive, read_pidfile, wait_for
 
 pytestmark = pytest.mark.root
 

@@ -12,9 +12,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from rig import (  # noqa: E402
-    Nsattach, ProcessRegistry, build_rootfs, host_links, host_mounts, host_netns, wait_for,
-)
+from harness import wait_for  # noqa: E402
+from rig import build_rootfs, host_links, host_mounts, host_netns  # noqa: E402
 
 
 @pytest.fixture(scope="session")
@@ -28,28 +27,6 @@ def rootfs(tmp_path_factory) -> Path:
 def bare_rootfs(tmp_path_factory) -> Path:
     """The same without any device node: what the private /dev option is for."""
     return build_rootfs(tmp_path_factory.mktemp("bare") / "rootfs", dev_nodes=False)
-
-
-@pytest.fixture
-def registry():
-    reg = ProcessRegistry()
-    yield reg
-    reg.kill_all()
-
-
-@pytest.fixture
-def nsattach(tmp_path, registry):
-    """``nsattach(ini_text, prefix=..., start=True)`` -> a started Nsattach, killed at teardown."""
-    runs: list[Nsattach] = []
-
-    def make(ini: str, start: bool = True, **kw) -> Nsattach:
-        n = Nsattach(tmp_path, registry, ini, **kw)
-        runs.append(n)
-        return n.start() if start else n
-
-    yield make
-    for n in runs:
-        n.close()
 
 
 @pytest.fixture(scope="session")

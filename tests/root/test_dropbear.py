@@ -12,7 +12,8 @@ import subprocess
 
 import pytest
 
-from rig import alive, in_netns, wait_for
+from harness import alive, wait_for
+from rig import in_netns
 
 pytestmark = pytest.mark.root
 

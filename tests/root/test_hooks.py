@@ -10,7 +10,8 @@ import stat
 
 import pytest
 
-from rig import environ, wait_for
+from harness import wait_for
+from rig import environ
 
 pytestmark = pytest.mark.root
 

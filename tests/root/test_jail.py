@@ -12,7 +12,8 @@ import time
 import psutil
 import pytest
 
-from rig import alive, ns_inode, ns_pids, wait_for
+from harness import alive, ns_pids, wait_for
+from rig import ns_inode
 
 pytestmark = pytest.mark.root
 

@@ -12,7 +12,8 @@ import sys
 
 import pytest
 
-from rig import in_netns, ns_inode, wait_for
+from harness import wait_for
+from rig import in_netns, ns_inode
 
 pytestmark = pytest.mark.root
 

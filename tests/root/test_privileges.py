@@ -17,7 +17,8 @@ import psutil
 import pytest
 
 from nsattach.system.spawn import SpawnRequest, spawn
-from rig import alive, environ, ns_inode, ns_pids, status_fields, wait_for
+from harness import alive, ns_pids, status_fields, wait_for
+from rig import environ, ns_inode
 
 pytestmark = pytest.mark.root
 
