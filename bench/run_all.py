@@ -30,6 +30,7 @@ SCRIPTS = [
     "start_many",
     "idle_cost",
     "many_daemons",
+    "legion_failover",
 ]
 DEADLINE_S = {"quick": 240, "full": 480}
 
