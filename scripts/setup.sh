@@ -11,8 +11,10 @@ if [ "$(id -u)" != 0 ]; then
 fi
 
 # python3-venv/python3-dev/gcc/libcap-dev: the venv and python-prctl's build;
+# etcd-server/etcd-client: the etcd legion tests start their own etcd members on loopback;
 # the rest are real daemons the tests supervise.
-packages=(python3-venv python3-dev gcc libcap-dev busybox-static memcached redis-server dropbear-bin procps)
+packages=(python3-venv python3-dev gcc libcap-dev busybox-static memcached redis-server dropbear-bin procps
+          etcd-server etcd-client)
 missing=()
 for p in "${packages[@]}"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
@@ -21,6 +23,11 @@ if [ ${#missing[@]} -gt 0 ]; then
     export DEBIAN_FRONTEND=noninteractive
     apt-get update -qq
     apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+    # Debian's etcd-server enables and starts a system etcd on :2379 where systemd runs; the
+    # tests need none (they run their own), so the one this script just installed is turned off
+    if [[ " ${missing[*]} " == *" etcd-server "* ]] && [ -d /run/systemd/system ]; then
+        systemctl disable --now etcd.service >/dev/null 2>&1 || true
+    fi
 fi
 
 # Debian's own interpreter, whatever python3 the PATH offers first

@@ -167,6 +167,27 @@ class LegionSettings:
 
 
 @dataclass(frozen=True)
+class EtcdLegionPlan:
+    """A legion whose membership and lordship live in etcd (``legion-etcd``) instead of UDP
+    announcements: see nsattach.legion.etcd for the election and the lease safety math."""
+
+    name: str
+    endpoints: tuple[str, ...]      # http(s)://host:port, as written
+    valor: int
+    origin: Origin
+    ttl: int                        # lease TTL in seconds (legion-etcd-ttl, or the default)
+    reload_mercy: int               # the master's reload-mercy, copied for the lease math
+    prefix: str = "/nsattach/legion/"
+    cacert: str | None = None       # TLS: CA bundle to verify the members with (default: system CAs)
+    cert: str | None = None         # TLS: client certificate (and key, if key is None)
+    key: str | None = None
+    user: str | None = None         # etcd authentication (legion-etcd-user USER:PASSWORD)
+    password: str | None = None
+    scroll: str | None = None
+    actions: tuple[LegionActionPlan, ...] = ()
+
+
+@dataclass(frozen=True)
 class MasterPlan:
     identity: Identity = field(default_factory=Identity)
     pidfile: str | None = None
@@ -196,6 +217,7 @@ class Plan:
     hooks: tuple[HookPlan, ...] = ()
     legions: tuple[LegionPlan, ...] = ()
     legion_settings: LegionSettings = field(default_factory=LegionSettings)
+    etcd_legions: tuple[EtcdLegionPlan, ...] = ()
     ignored_options: tuple[str, ...] = ()   # application-server keys accepted and ignored
     warnings: tuple[str, ...] = ()
 

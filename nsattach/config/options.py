@@ -11,7 +11,7 @@ ignored with one warning (``APP_SERVER_KEYS``), and uWSGI keys refused with a re
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Callable
 
 from nsattach.config import convert as c
@@ -162,6 +162,24 @@ _OPTIONS: list[Option] = [
                c.as_nonempty, repeat=True, metavar="NAME ACTION:ARG")
         for event in ("setup", "join", "lord", "unlord", "death", "node-joined", "node-left")
     ],
+    Option("legion-etcd", "legion",
+           "Join a legion whose membership and lordship live in etcd (leases, fencing term): NAME, "
+           "comma-separated http(s)://HOST:PORT client URLs of the etcd members, VALOR.",
+           c.as_nonempty, repeat=True, metavar="NAME URL[,URL...] VALOR"),
+    Option("legion-etcd-prefix", "legion", "Key prefix of an etcd legion (default /nsattach/legion/).",
+           c.as_nonempty, repeat=True, metavar="NAME PREFIX"),
+    Option("legion-etcd-ttl", "legion",
+           "Lease TTL of an etcd legion, in seconds: how long a dead or cut-off lord keeps the legion "
+           "(default 15, or 2 x reload-mercy + 5 if larger; at least that).",
+           c.as_nonempty, repeat=True, metavar="NAME SECONDS"),
+    Option("legion-etcd-cacert", "legion", "CA bundle to verify the etcd members' TLS certificates with.",
+           c.as_nonempty, repeat=True, metavar="NAME PATH"),
+    Option("legion-etcd-cert", "legion", "TLS client certificate for etcd (PEM; may hold the key too).",
+           c.as_nonempty, repeat=True, metavar="NAME PATH"),
+    Option("legion-etcd-key", "legion", "Private key of the TLS client certificate.",
+           c.as_nonempty, repeat=True, metavar="NAME PATH"),
+    Option("legion-etcd-user", "legion", "etcd user and password (etcd authentication).",
+           c.as_nonempty, repeat=True, metavar="NAME USER:PASSWORD"),
     Option("legion-freq", "legion", "Seconds between announcements (0 = default 3).", c.int_range(0), 3, metavar="SECONDS"),
     Option("legion-tolerance", "legion", "Seconds without news before a node is dropped (0 = default 15).",
            c.int_range(0), 15, metavar="SECONDS"),

@@ -20,13 +20,14 @@ from typing import Any
 from nsattach.config import convert as c
 from nsattach.config.model import (
     DEFAULT_MAX_THROTTLE_S, DEFAULT_PIDFILE_FREQ, DEFAULT_RELOAD_MERCY_S, DaemonKind, DaemonPlan,
-    HookPlan, Identity, KeepMount, LegionActionPlan, LegionNodePlan, LegionPlan, LegionSettings,
+    EtcdLegionPlan, HookPlan, Identity, KeepMount, LegionActionPlan, LegionNodePlan, LegionPlan, LegionSettings,
     MasterPlan, NamespacePlan, Plan, VethPlan,
 )
 from nsattach.config.options import APP_SERVER_KEYS, HOOK_PHASES, REFUSED_KEYS, lookup, suggest
 from nsattach.config.raw import Entry, RawConfig
-from nsattach.errors import ConfigError, ConfigProblem, Origin
+from nsattach.errors import ConfigError, ConfigProblem
 from nsattach.legion.ciphers import lookup_cipher
+from nsattach.legion.etcd_client import parse_endpoint
 
 DAEMON2_KEYS = (
     "command", "cmd", "exec", "name", "freq", "pidfile", "control", "daemonize", "daemon", "touch",
@@ -112,6 +113,7 @@ class _Builder:
         self.warnings: list[str] = [str(w) for w in raw.warnings]
         self.values: dict[str, list[tuple[Any, Entry]]] = {}
         self.ignored: list[str] = []
+        self._position_of: dict[int, int] | None = None
         # With a jail (root other than /) the master and the daemons live inside it: relative
         # paths that they use are resolved against the jail's / (where the master's cwd is after
         # the pivot), and uid/gid names against the jail's /etc/passwd and /etc/group.
@@ -124,8 +126,8 @@ class _Builder:
         self._convert_entries()
         self._find_jail_root()
         master = self._master()
-        legions, legion_settings = self._legions()
-        daemons = self._daemons(master, {lg.name for lg in legions})
+        legions, legion_settings, etcd_legions = self._legions(master)
+        daemons = self._daemons(master, {lg.name for lg in legions} | {lg.name for lg in etcd_legions})
         namespace = self._namespace()
         hooks = self._hooks()
         if any(h.phase == "post-jail" for h in hooks) and namespace is None and not master.unshare:
@@ -139,7 +141,8 @@ class _Builder:
         return Plan(
             config_files=tuple(self.raw.files), master=master, daemons=tuple(daemons),
             namespace=namespace, hooks=tuple(hooks), legions=tuple(legions),
-            legion_settings=legion_settings, ignored_options=tuple(dict.fromkeys(self.ignored)),
+            legion_settings=legion_settings, etcd_legions=tuple(etcd_legions),
+            ignored_options=tuple(dict.fromkeys(self.ignored)),
             warnings=tuple(self.warnings),
         )
 
@@ -178,6 +181,17 @@ class _Builder:
 
     def _all(self, name: str) -> list[tuple[Any, Entry]]:
         return self.values.get(name, [])
+
+    def _in_order(self, *names: str) -> list[tuple[Any, Entry, str]]:
+        """(value, entry, option) of several options, in the order they appear in the config."""
+        items = [(value, entry, name) for name in names for value, entry in self._all(name)]
+        position = self._positions()
+        return sorted(items, key=lambda item: position[id(item[1])])
+
+    def _positions(self) -> dict[int, int]:
+        if self._position_of is None:
+            self._position_of = {id(e): i for i, e in enumerate(self.raw.entries)}
+        return self._position_of
 
     def _last(self, name: str, default: Any = None) -> tuple[Any, Entry | None]:
         items = self.values.get(name)
@@ -308,10 +322,7 @@ class _Builder:
         daemon_options = ("attach-daemon", "attach-control-daemon", "smart-attach-daemon",
                           "smart-attach-daemon2", "attach-daemon2", "legion-attach-daemon",
                           "legion-smart-attach-daemon", "legion-smart-attach-daemon2")
-        order = {id(e): i for i, e in enumerate(self.raw.entries)}
-        items = [(value, entry, opt) for opt in daemon_options for value, entry in self._all(opt)]
-        items.sort(key=lambda item: order[id(item[1])])
-        for value, entry, opt in items:
+        for value, entry, opt in self._in_order(*daemon_options):
             draft = self._parse_daemon(opt, value, entry)
             if draft is not None:
                 drafts.append(draft)
@@ -529,10 +540,8 @@ class _Builder:
 
     def _namespace(self) -> NamespacePlan | None:
         value, entry = self._last("namespace")
-        order = {id(e): i for i, e in enumerate(self.raw.entries)}
-        keeps = sorted([(v, e, False) for v, e in self._all("namespace-keep-mount")]
-                       + [(v, e, True) for v, e in self._all("namespace-keep-mount-ro")],
-                       key=lambda item: order[id(item[1])])   # config order across both options
+        keeps = [(v, e, opt == "namespace-keep-mount-ro")
+                 for v, e, opt in self._in_order("namespace-keep-mount", "namespace-keep-mount-ro")]
         net, net_entry = self._last("namespace-net")
         jail_only = ("namespace-private-dev", "namespace-netns", "namespace-veth", "namespace-veth-address",
                      "namespace-veth-host-address", "namespace-veth-gateway")
@@ -639,7 +648,6 @@ class _Builder:
 
     def _hooks(self) -> list[HookPlan]:
         hooks: list[HookPlan] = []
-        order = {id(e): i for i, e in enumerate(self.raw.entries)}
         for phase, families in HOOK_PHASES.items():
             for family in families:
                 option = f"{family}-{phase}"
@@ -712,9 +720,11 @@ class _Builder:
 
     # -- legion ---------------------------------------------------------------------------
 
-    def _legions(self) -> tuple[list[LegionPlan], LegionSettings]:
+    def _legions(self, master: MasterPlan) -> tuple[list[LegionPlan], LegionSettings, list[EtcdLegionPlan]]:
         """Legions are resolved after the whole file is read, so a legion-node, -quorum,
-        -scroll or action line may come before its legion line (uWSGI Q-C7)."""
+        -scroll or action line may come before its legion line (uWSGI Q-C7). UDP legions
+        (legion, legion-mcast) and etcd legions (legion-etcd) share one name space, the scroll
+        and the action options."""
         settings = LegionSettings(
             freq=self._last("legion-freq")[0] or 3,
             tolerance=self._last("legion-tolerance")[0] or 15,
@@ -726,10 +736,7 @@ class _Builder:
             multicast_loop=self._last("multicast-loop")[0],
         )
         legions: dict[str, LegionPlan] = {}
-        order = {id(e): i for i, e in enumerate(self.raw.entries)}
-        lines = sorted([(v, e, opt) for opt in ("legion", "legion-mcast") for v, e in self._all(opt)],
-                       key=lambda item: order[id(item[1])])
-        for value, entry, opt in lines:
+        for value, entry, opt in self._in_order("legion", "legion-mcast"):
             plan = self._parse_legion(value, entry, opt == "legion-mcast")
             if plan is None:
                 continue
@@ -737,21 +744,39 @@ class _Builder:
                 self.problems.add(entry, f"legion {plan.name!r} is already defined at {legions[plan.name].origin}")
                 continue
             legions[plan.name] = plan
+        etcd = self._etcd_legions(master, legions)
 
-        def target(value: str, entry: Entry, what: str) -> tuple[str, str] | None:
+        def target(value: str, entry: Entry, what: str, kinds: str = "udp etcd") -> tuple[str, str] | None:
             name, sep, rest = value.strip().partition(" ")
             rest = rest.strip()
             if not sep or not rest:
                 self.problems.add(entry, f"invalid {entry.key} syntax, must be LEGION {what}")
                 return None
-            if name not in legions:
-                defined = ", ".join(sorted(legions)) or "none defined"
+            if name in etcd and "etcd" not in kinds:
+                self.problems.add(entry, f"legion {name!r} is an etcd legion: {entry.key} only applies to "
+                                         "legion/legion-mcast legions")
+                return None
+            if name in legions and "udp" not in kinds:
+                self.problems.add(entry, f"legion {name!r} is a legion/legion-mcast legion: {entry.key} only "
+                                         "applies to legion-etcd legions")
+                return None
+            if name not in legions and name not in etcd:
+                defined = ", ".join(sorted([*legions, *etcd])) or "none defined"
                 self.problems.add(entry, f"unknown legion {name!r} ({defined})")
                 return None
             return name, rest
 
+        def update(name: str, **changes) -> None:
+            if name in etcd:
+                etcd[name] = replace(etcd[name], **changes)
+            else:
+                legions[name] = replace(legions[name], **changes)
+
+        def current(name: str):
+            return etcd[name] if name in etcd else legions[name]
+
         for value, entry in self._all("legion-node"):
-            t = target(value, entry, "IP:PORT")
+            t = target(value, entry, "IP:PORT", "udp")
             if t:
                 try:
                     c.as_udp_address(t[1])
@@ -761,7 +786,7 @@ class _Builder:
                 lg = legions[t[0]]
                 legions[t[0]] = replace(lg, nodes=lg.nodes + (LegionNodePlan(t[1], entry.origin),))
         for value, entry in self._all("legion-quorum"):
-            t = target(value, entry, "N")
+            t = target(value, entry, "N", "udp")
             if t:
                 try:
                     legions[t[0]] = replace(legions[t[0]], quorum=c.as_int(t[1], 0))
@@ -773,7 +798,7 @@ class _Builder:
                 if len(t[1].encode()) > settings.scroll_max_size:
                     self.problems.add(entry, f"scroll is {len(t[1].encode())} bytes, more than legion-scroll-max-size ({settings.scroll_max_size})")
                 else:
-                    legions[t[0]] = replace(legions[t[0]], scroll=t[1])
+                    update(t[0], scroll=t[1])
         for event in LEGION_EVENTS:
             for value, entry in self._all(f"legion-{event}"):
                 t = target(value, entry, "ACTION:ARG")
@@ -787,9 +812,107 @@ class _Builder:
                 elif action not in LEGION_ACTIONS:
                     self.problems.add(entry, f"unknown legion action {action!r} (valid: {', '.join(LEGION_ACTIONS)})")
                 else:
-                    lg = legions[t[0]]
-                    legions[t[0]] = replace(lg, actions=lg.actions + (LegionActionPlan(event, action, arg, entry.origin),))
-        return list(legions.values()), settings
+                    update(t[0], actions=current(t[0]).actions + (LegionActionPlan(event, action, arg, entry.origin),))
+        for option, what, field_name in (("legion-etcd-prefix", "PREFIX", "prefix"),
+                                         ("legion-etcd-cacert", "PATH", "cacert"),
+                                         ("legion-etcd-cert", "PATH", "cert"),
+                                         ("legion-etcd-key", "PATH", "key")):
+            for value, entry in self._all(option):
+                t = target(value, entry, what, "etcd")
+                if not t:
+                    continue
+                if field_name == "prefix":
+                    if not t[1].startswith("/") or " " in t[1]:
+                        self.problems.add(entry, f"etcd key prefix {t[1]!r} must start with / and contain no space")
+                        continue
+                    update(t[0], prefix=t[1] if t[1].endswith("/") else t[1] + "/")
+                else:
+                    path = self._inner_path(t[1])
+                    if not os.path.exists((self.jail_root or "") + path):
+                        self.warnings.append(f"{entry.origin}: {option} {path} does not exist (yet)")
+                    update(t[0], **{field_name: path})
+        for value, entry in self._all("legion-etcd-user"):
+            t = target(value, entry, "USER:PASSWORD", "etcd")
+            if t:
+                user, sep, password = t[1].partition(":")
+                if not user or not sep:
+                    self.problems.add(entry, "invalid legion-etcd-user, must be LEGION USER:PASSWORD")
+                else:
+                    update(t[0], user=user, password=password)
+        ttl_entries: dict[str, Entry] = {}
+        for value, entry in self._all("legion-etcd-ttl"):
+            t = target(value, entry, "SECONDS", "etcd")
+            if t:
+                try:
+                    update(t[0], ttl=c.as_int(t[1], 1, 9_000_000_000))
+                    ttl_entries[t[0]] = entry
+                except ValueError as exc:
+                    self.problems.add(entry, f"legion-etcd-ttl: {exc}")
+        for name, lg in etcd.items():
+            self._check_etcd_legion(lg, ttl_entries.get(name))
+        return list(legions.values()), settings, list(etcd.values())
+
+    def _etcd_legions(self, master: MasterPlan, udp: dict[str, LegionPlan]) -> dict[str, EtcdLegionPlan]:
+        from nsattach.legion.etcd import default_ttl
+
+        etcd: dict[str, EtcdLegionPlan] = {}
+        for value, entry in self._all("legion-etcd"):
+            parts = value.split()
+            if len(parts) != 3:
+                self.problems.add(entry, "invalid legion-etcd syntax, must be LEGION URL[,URL...] VALOR "
+                                         "(e.g. mylegion http://10.0.0.1:2379,http://10.0.0.2:2379 90)")
+                continue
+            name, urls, valor_text = parts
+            ok = True
+            if not NAME_RE.match(name):
+                self.problems.add(entry, f"invalid legion name {name!r} (letters, digits, . _ @ + -)")
+                ok = False
+            endpoints = tuple(u for u in urls.split(",") if u)
+            schemes = set()
+            for url in endpoints:
+                try:
+                    schemes.add(parse_endpoint(url).scheme)
+                except ValueError as exc:
+                    self.problems.add(entry, str(exc))
+                    ok = False
+            if not endpoints:
+                self.problems.add(entry, "legion-etcd needs at least one etcd URL")
+                ok = False
+            elif len(schemes) > 1:
+                self.problems.add(entry, "the etcd URLs of one legion must all be http:// or all https://")
+                ok = False
+            try:
+                valor = c.as_int(valor_text, 0)
+            except ValueError as exc:
+                self.problems.add(entry, f"valor: {exc} (0 = arbiter, never lord)")
+                ok = False
+            if name in udp or name in etcd:
+                where = (udp.get(name) or etcd[name]).origin
+                self.problems.add(entry, f"legion {name!r} is already defined at {where}")
+                continue
+            if ok:
+                etcd[name] = EtcdLegionPlan(name=name, endpoints=endpoints, valor=valor, origin=entry.origin,
+                                            ttl=default_ttl(master.reload_mercy), reload_mercy=master.reload_mercy)
+        return etcd
+
+    def _check_etcd_legion(self, lg: EtcdLegionPlan, ttl_entry: Entry | None) -> None:
+        from nsattach.legion.etcd import REQUEST_TIMEOUT_S, min_ttl
+
+        tls = any(e.startswith("https://") for e in lg.endpoints)
+        if not tls and (lg.cacert or lg.cert or lg.key):
+            self.problems.errors.append(ConfigProblem(lg.origin, "legion-etcd", (
+                f"legion {lg.name!r}: legion-etcd-cacert/-cert/-key need https:// etcd URLs")))
+        if lg.key and not lg.cert:
+            self.problems.errors.append(ConfigProblem(lg.origin, "legion-etcd", (
+                f"legion {lg.name!r}: legion-etcd-key needs legion-etcd-cert")))
+        least = min_ttl(lg.reload_mercy)
+        if lg.ttl < least:
+            safety = 1 + REQUEST_TIMEOUT_S
+            self.problems.errors.append(ConfigProblem(ttl_entry.origin if ttl_entry else lg.origin, "legion-etcd-ttl", (
+                f"legion {lg.name!r}: a lease TTL of {lg.ttl} s is too short for reload-mercy {lg.reload_mercy} s: "
+                f"a lord that cannot renew its lease must stop its daemons (SIGKILL after {lg.reload_mercy} s) "
+                f"{safety:g} s before the lease can expire, with time left for keep-alive retries; "
+                f"use legion-etcd-ttl = {lg.name} {least} or more (at least 2 x reload-mercy + 5)")))
 
     def _parse_legion(self, value: str, entry: Entry, mcast: bool) -> LegionPlan | None:
         parts = value.strip().split(" ", 3)

@@ -31,6 +31,9 @@ def plan_to_dict(plan: Plan) -> dict:
         d["reload_signal_name"] = signal_name(raw.effective_reload_signal)
     for legion in data["legions"]:
         legion["secret"] = "***"     # never print the shared key
+    for legion in data["etcd_legions"]:
+        if legion["password"] is not None:
+            legion["password"] = "***"
     return data
 
 
@@ -114,6 +117,20 @@ def plan_to_text(plan: Plan) -> str:
                        f"{' (arbiter)' if lg.valor == 0 else ''}, cipher {lg.cipher}, quorum {lg.quorum}")
             for node in lg.nodes:
                 out.append(f"    node: {node.address}")
+            if lg.scroll:
+                out.append(f"    scroll: {lg.scroll}")
+            for a in lg.actions:
+                out.append(f"    on {a.event}: {a.action}:{a.argument}")
+    if plan.etcd_legions:
+        out.append("etcd legions:")
+        for lg in plan.etcd_legions:
+            out.append(f"  {lg.name}: etcd {', '.join(lg.endpoints)}, valor {lg.valor}"
+                       f"{' (arbiter)' if lg.valor == 0 else ''}, keys under {lg.prefix}{lg.name}/, "
+                       f"lease TTL {lg.ttl} s")
+            for label, value in (("CA", lg.cacert), ("client cert", lg.cert), ("client key", lg.key),
+                                 ("user", lg.user)):
+                if value:
+                    out.append(f"    {label}: {value}")
             if lg.scroll:
                 out.append(f"    scroll: {lg.scroll}")
             for a in lg.actions:

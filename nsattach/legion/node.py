@@ -238,6 +238,15 @@ class LegionService:
         lg = self.legions.get(legion)
         return bool(lg and lg.election and lg.election.is_lord)
 
+    def term(self, legion: str) -> int:
+        """What legion daemons get as NSATTACH_LEGION_TERM: for a UDP legion the wall-clock
+        second this node became lord (0 when it is not). Unlike an etcd legion's term it is not
+        ordered across nodes (clocks differ, and two lords are possible)."""
+        lg = self.legions.get(legion)
+        if not (lg and lg.election and lg.election.is_lord):
+            return 0
+        return int(lg.election.lord_since)
+
     # --- internals ---------------------------------------------------------------------------
 
     def _post(self, work: Callable[[], None]) -> None:
