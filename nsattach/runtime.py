@@ -9,8 +9,8 @@ the core always sees one event at a time.
 from __future__ import annotations
 
 import collections
-import errno
 import fcntl
+import json
 import os
 import resource
 import signal
@@ -232,6 +232,7 @@ class Runtime:
         self.start()
         try:
             self._start_legions(self.plan)
+            self.load_held()
             self.post(ev.MasterStarted(time.monotonic()))
             self.drain()
             if self.on_started is not None and self.exit_status is None:
@@ -259,6 +260,39 @@ class Runtime:
                              f"(pids: {' '.join(map(str, left[:20]))}) [{name}]", "warning")
                     self.cgroups.sweep(name)
                 self.cgroups.remove(name)
+
+    # -- operator-stopped daemons survive a restart of nsattach (anchors P7) ----------------------
+
+    def _held_path(self) -> str:
+        return f"/run/nsattach/{instance_name(self.plan.config_files)}.held"
+
+    def load_held(self) -> None:
+        try:
+            with open(self._held_path()) as f:
+                names = json.load(f)
+        except (OSError, ValueError):
+            return
+        if not isinstance(names, list):
+            return
+        held = {n for n in names if isinstance(n, str) and n in self.core.daemons}
+        for name in sorted(held):
+            self.log(f"{name} stays stopped: an operator stopped it (nsattach start {name} to start it) [{name}]")
+        self.core.held |= held
+
+    def save_held(self) -> None:
+        path = self._held_path()
+        try:
+            if not self.core.held:
+                if os.path.exists(path):
+                    os.unlink(path)
+                return
+            os.makedirs(os.path.dirname(path), mode=0o755, exist_ok=True)
+            tmp = f"{path}.{os.getpid()}"
+            with open(tmp, "w") as f:
+                json.dump(sorted(self.core.held), f)
+            os.replace(tmp, path)
+        except OSError as exc:
+            self.log(f"cannot record the operator-stopped daemons in {path}: {exc.strerror}", "warning")
 
     def summary(self) -> str:
         """One line for systemd's STATUS=: how many daemons are in which state."""

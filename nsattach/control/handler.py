@@ -87,6 +87,7 @@ def _named(rt, conn, verb: str, names: list[str], now: float) -> None:
             if verb != "stop" and d.plan.is_smart:
                 wait += d.plan.freq
             longest = max(longest, wait)
+    rt.save_held()
     waiter.deadline = now + longest
     rt.waiters.append(waiter)
     rt.arm_housekeeping()
@@ -145,7 +146,9 @@ def status_reply(rt, now: float) -> dict:
         "phase": rt.core.phase.value,
         "control_socket": rt.plan.master.control_socket,
     }
-    legions = rt.legion.status() if rt.legion is not None else {}
+    legions = {}
+    for service in rt.legions:
+        legions.update(service.status())
     return {"ok": True, "message": f"{len(rows)} daemon(s)", "master": master, "daemons": rows,
             "legions": _plain(legions)}
 

@@ -253,3 +253,20 @@ def test_master_fifo_uwsgi_commands(master, tmp_path):
     wait_for(fifo2.exists, what="second fifo")
     send(fifo2, b"q")
     assert m.wait_exit() == 0
+
+
+def test_operator_stop_survives_a_restart_of_nsattach(master, tmp_path):
+    body = ini(tmp_path, "attach-daemon = sleep 1000091\nattach-daemon2 = cmd=sleep 1000092,name=other\n")
+    m = master(body)
+    m.spawned_pid("sleep")
+    m.spawned_pid("other")
+    assert m.ctl("stop", "sleep").returncode == 0
+    assert m.stop() == 0
+    m2 = master(body)
+    m2.spawned_pid("other")
+    m2.wait_log("sleep stays stopped: an operator stopped it")
+    assert "[sleep] pid" not in m2.log()
+    assert m2.ctl("start", "sleep").returncode == 0
+    assert m2.stop() == 0
+    m3 = master(body)
+    m3.spawned_pid("sleep")                     # started again: nothing held any more
