@@ -164,6 +164,7 @@ class LegionSettings:
     scroll_list_max_size: int = 32768
     multicast_ttl: int = 1
     multicast_loop: bool = True
+    lord_delay: int = 0          # seconds a new lord waits before starting its legion daemons
 
 
 @dataclass(frozen=True)

@@ -180,6 +180,10 @@ _OPTIONS: list[Option] = [
            c.as_nonempty, repeat=True, metavar="NAME PATH"),
     Option("legion-etcd-user", "legion", "etcd user and password (etcd authentication).",
            c.as_nonempty, repeat=True, metavar="NAME USER:PASSWORD"),
+    Option("legion-lord-delay", "legion",
+           "Seconds a node that became lord waits before starting its legion daemons, so the previous "
+           "lord's are surely gone (like consul's lock-delay; 0 = start at once, as uWSGI).",
+           c.int_range(0), 0, metavar="SECONDS"),
     Option("legion-freq", "legion", "Seconds between announcements (0 = default 3).", c.int_range(0), 3, metavar="SECONDS"),
     Option("legion-tolerance", "legion", "Seconds without news before a node is dropped (0 = default 15).",
            c.int_range(0), 15, metavar="SECONDS"),

@@ -734,6 +734,7 @@ class _Builder:
             scroll_list_max_size=self._last("legion-scroll-list-max-size")[0],
             multicast_ttl=self._last("multicast-ttl")[0],
             multicast_loop=self._last("multicast-loop")[0],
+            lord_delay=self._last("legion-lord-delay")[0],
         )
         legions: dict[str, LegionPlan] = {}
         for value, entry, opt in self._in_order("legion", "legion-mcast"):

@@ -109,6 +109,7 @@ class Supervisor:
         self.held: set[str] = set()
         # legion -> wall time this node became its lord; absent = not the lord
         self.lords: dict[str, float] = {}
+        self.lord_ready: set[str] = set()       # lord, and legion-lord-delay has passed
 
     @property
     def mercy(self) -> float:
@@ -284,6 +285,10 @@ class Supervisor:
         if e.name == "":
             if e.key == "stop-final":
                 self._finish_stop(out, forced=True)
+            elif e.key.startswith("lord-delay:"):
+                legion = e.key.partition(":")[2]
+                if legion in self.lords:
+                    self._lord_ready(legion, e.now, out)
             return
         d = self.daemons.get(e.name)
         if d is None:
@@ -298,31 +303,48 @@ class Supervisor:
             self._escalate(d, out)
 
     def _on_LordChanged(self, e: ev.LordChanged, out: list) -> None:
-        """Legion daemons run only on the lord: start them when this node becomes the lord,
-        stop them (SIGKILL after the mercy, Q-D12) when it stops being the lord."""
+        """Legion daemons run only on the lord: start them when this node becomes the lord
+        (after legion-lord-delay, if set), stop them (SIGKILL after the mercy, Q-D12) when it
+        stops being the lord."""
+        timer = f"lord-delay:{e.legion}"
         if e.lord:
             self.lords[e.legion] = e.since
-        else:
-            self.lords.pop(e.legion, None)
+            delay = self.plan.legion_settings.lord_delay
+            if delay > 0 and e.legion not in self.lord_ready:
+                # like consul's lock-delay: give the previous lord's daemons time to be gone
+                out.append(fx.Log(f'[uwsgi-daemons] legion "{e.legion}": lord, starting its daemons in {delay} s'))
+                out.append(fx.ArmTimer("", timer, e.now + delay))
+                return
+            self._lord_ready(e.legion, e.now, out)
+            return
+        self.lords.pop(e.legion, None)
+        self.lord_ready.discard(e.legion)
+        out.append(fx.CancelTimer("", timer))
         if self.phase is not Phase.RUNNING:
             return
         for d in list(self.daemons.values()):
             if d.plan.legion != e.legion:
                 continue
-            if e.lord and d.state is DaemonState.IDLE and d.name not in self.held:
-                out.append(fx.Log(f'[uwsgi-daemons] legion "{e.legion}": this node is the lord, starting "{d.plan.command}" {d.tag()}'))
-                self._start(d, e.now, out)
-            elif not e.lord:
-                if d.state in (DaemonState.BACKOFF, DaemonState.PROBING):
-                    out.append(fx.CancelTimer(d.name, "respawn"))
-                    d.state = DaemonState.IDLE
-                elif d.state is not DaemonState.IDLE:
-                    out.append(fx.Log(f'[uwsgi_daemons] stopping legion "{e.legion}" daemon: {d.plan.command} (pid: {d.pid}) {d.tag()}'))
-                    self._stop(d, d.plan.stop_signal, After.IDLE, e.now, out)
+            if d.state in (DaemonState.BACKOFF, DaemonState.PROBING):
+                out.append(fx.CancelTimer(d.name, "respawn"))
+                d.state = DaemonState.IDLE
+            elif d.state is not DaemonState.IDLE:
+                out.append(fx.Log(f'[uwsgi_daemons] stopping legion "{e.legion}" daemon: {d.plan.command} (pid: {d.pid}) {d.tag()}'))
+                self._stop(d, d.plan.stop_signal, After.IDLE, e.now, out)
+
+    def _lord_ready(self, legion: str, now: float, out: list) -> None:
+        self.lord_ready.add(legion)
+        if self.phase is not Phase.RUNNING:
+            return
+        for d in list(self.daemons.values()):
+            if d.plan.legion == legion and d.state is DaemonState.IDLE and d.name not in self.held:
+                out.append(fx.Log(f'[uwsgi-daemons] legion "{legion}": this node is the lord, starting "{d.plan.command}" {d.tag()}'))
+                self._start(d, now, out)
 
     def may_run(self, d: Daemon) -> bool:
-        """A legion daemon runs only while this node is its legion's lord."""
-        return d.plan.legion is None or d.plan.legion in self.lords
+        """A legion daemon runs only while this node is its legion's lord (and the lord
+        delay, if any, has passed)."""
+        return d.plan.legion is None or d.plan.legion in self.lord_ready
 
     def _on_Touched(self, e: ev.Touched, out: list) -> None:
         if self.phase is not Phase.RUNNING:

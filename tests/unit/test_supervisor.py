@@ -564,3 +564,23 @@ def test_master_stop_stops_smart_legion_daemons_like_dumb_ones():
     out = h.feed(ev.StopRequested(1.0, "SIGTERM"))
     assert fx.SendSignal(901, TERM, True) in out
     assert not of(out, fx.Exit)
+
+
+def test_lord_delay_holds_legion_daemons_back_and_is_cancelled_by_a_lost_lordship():
+    from dataclasses import replace
+
+    from nsattach.config.model import LegionSettings
+
+    p = replace(plan(legion_dumb()), legion_settings=LegionSettings(lord_delay=5))
+    h = Harness(p)
+    h.start()
+    out = h.feed(ev.LordChanged(1.0, "L", True, 1000.0))
+    assert not of(out, fx.Spawn) and h.timers[("", "lord-delay:L")] == 6.0
+    out = h.fire("", "lord-delay:L")
+    assert of(out, fx.Spawn) == [fx.Spawn("ld", respawn=False)]
+    h.spawned("ld", 300)
+    h.feed(ev.LordChanged(7.0, "L", False))
+    out = h.feed(ev.LordChanged(8.0, "L", True, 1008.0))
+    assert not of(out, fx.Spawn)
+    h.feed(ev.LordChanged(9.0, "L", False))
+    assert ("", "lord-delay:L") not in h.timers          # lost lordship: no late start
