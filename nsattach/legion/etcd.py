@@ -67,6 +67,7 @@ from typing import Callable, Iterable, Protocol
 
 from nsattach.config.model import EtcdLegionPlan, LegionActionPlan, LegionSettings
 from nsattach.errors import LegionError
+from nsattach.legion.actions import run_action_chain
 from nsattach.legion.election import Log, LordChanged, RunActions
 from nsattach.legion.etcd_client import CODE_NOT_FOUND, EtcdClient, Reply, b64, prefix_end, unb64
 from nsattach.legion.node import LegionHost
@@ -1006,45 +1007,18 @@ class EtcdLegionService:
     def _run_actions(self, lg: _EtcdLegion, effect: RunActions) -> None:
         """The actions of one event one after the other, each after the previous one finished
         (as for UDP legions); then the election hears how it went."""
-        legion, phase = lg.plan.name, effect.event.replace("-", "_")
+        legion = lg.plan.name
         env = {"NSATTACH_LEGION": legion, "NSATTACH_LEGION_EVENT": effect.event}
         if effect.event == "lord":
             env["NSATTACH_LEGION_TERM"] = str(lg.election.term)
         election = lg.election
         self.actions_in_flight += 1
-        failed = False
 
-        def finish() -> None:
+        def finish(failed: bool) -> None:
             self.actions_in_flight -= 1
             if self.running:
                 self._input(lg, lambda now, wall: election.actions_finished(effect.token, failed, now, wall))
                 self._rearm()
 
-        def done(index: int, status: int | None) -> None:
-            nonlocal failed
-            if status != 0:
-                failed = True
-                self.host.log(f"[legion-etcd] ERROR, {phase} hook returned: {-1 if status is None else status}",
-                              "error")
-                if effect.stop_on_error:
-                    finish()
-                    return
-            start(index + 1)
-
-        def start(index: int) -> None:
-            if index == len(effect.actions):
-                finish()
-                return
-            action = effect.actions[index]
-            self.host.log(f"[legion-etcd] (phase: {phase} legion: {legion}) calling {action.action}:{action.argument}")
-            if action.action == "log":
-                self.host.log(action.argument)
-                self._post(lambda: done(index, 0))
-            elif action.action in ("cmd", "exec"):
-                self.host.run_action(legion, effect.event, action, dict(env),
-                                     lambda status: self._post(lambda: done(index, status)))
-            else:
-                self.host.log(f"[legion-etcd] ERROR unable to find legion_action \"{action.action}\"", "error")
-                self._post(lambda: done(index, -1))
-
-        start(0)
+        run_action_chain(self.host, legion, effect.event, effect.actions, env, tag="legion-etcd",
+                         stop_on_error=effect.stop_on_error, post=self._post, on_finished=finish)

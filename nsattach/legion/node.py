@@ -46,6 +46,7 @@ from typing import Callable, Iterable, Protocol
 
 from nsattach.config.model import LegionActionPlan, LegionPlan, LegionSettings
 from nsattach.errors import LegionError
+from nsattach.legion.actions import run_action_chain
 from nsattach.legion.ciphers import lookup_cipher
 from nsattach.legion.crypto import LegionCipher
 from nsattach.legion.election import Election, Log, LordChanged, RunActions, Send
@@ -369,42 +370,15 @@ class LegionService:
     def _run_actions(self, lg: _Legion, effect: RunActions) -> None:
         """Run the actions one after the other (uWSGI's order), each only after the previous
         one finished; then tell the election how it went."""
-        legion, phase = lg.plan.name, effect.event.replace("-", "_")
+        legion = lg.plan.name
         env = {"NSATTACH_LEGION": legion, "NSATTACH_LEGION_EVENT": effect.event}
         election = lg.election
         self.actions_in_flight += 1
-        failed = False
 
-        def finish() -> None:
+        def finish(failed: bool) -> None:
             self.actions_in_flight -= 1
             self._apply(lg, election.actions_finished(effect.token, failed, self.clock(), self.wall()))
             self._rearm()
 
-        def done(index: int, status: int | None) -> None:
-            nonlocal failed
-            if status != 0:
-                failed = True
-                self.host.log(f"[uwsgi-legion] ERROR, {phase} hook returned: {-1 if status is None else status}",
-                              "error")
-                if effect.stop_on_error:
-                    finish()
-                    return
-            start(index + 1)
-
-        def start(index: int) -> None:
-            if index == len(effect.actions):
-                finish()
-                return
-            action = effect.actions[index]
-            self.host.log(f"[uwsgi-legion] (phase: {phase} legion: {legion}) calling {action.action}:{action.argument}")
-            if action.action == "log":
-                self.host.log(action.argument)
-                self._post(lambda: done(index, 0))
-            elif action.action in ("cmd", "exec"):
-                self.host.run_action(legion, effect.event, action, dict(env),
-                                     lambda status: self._post(lambda: done(index, status)))
-            else:
-                self.host.log(f"[uwsgi-legion] ERROR unable to find legion_action \"{action.action}\"", "error")
-                self._post(lambda: done(index, -1))
-
-        start(0)
+        run_action_chain(self.host, legion, effect.event, effect.actions, env, tag="uwsgi-legion",
+                         stop_on_error=effect.stop_on_error, post=self._post, on_finished=finish)
