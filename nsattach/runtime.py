@@ -13,6 +13,7 @@ import fcntl
 import json
 import os
 import resource
+import select
 import signal
 import time
 
@@ -54,7 +55,6 @@ class Runtime:
         self.core = Supervisor(plan, master_ids=(os.getuid(), os.getgid()))
         self.queue: collections.deque[ev.Event] = collections.deque()
         self.pidfds: dict[int, int] = {}      # watched pid -> pidfd
-        self.statuses: dict[int, int] = {}    # reaped before their pidfd was handled
         self.touch: dict[str, dict[str, tuple[float, bool]]] = {}   # owner -> path -> (mtime, exists)
         self.exit_status: int | None = None
         self.started_at = time.monotonic()
@@ -882,8 +882,6 @@ def open_control_socket(path: str, gid: int | None):
 
 
 def _readable_now(fd: int) -> bool:
-    import select
-
     return bool(select.select([fd], [], [], 0)[0])
 
 
