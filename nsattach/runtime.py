@@ -75,6 +75,7 @@ class Runtime:
         self.legion_serial = 0
         self.cgroups = None                           # system.cgroup.Cgroups, when the kernel offers one
         self.lock_fd = -1                             # flock held for the master's whole life
+        self.lock_path = ""
         self.action_children: dict[int, object] = {}  # pid of a running legion action -> on_done
 
     # -- set-up ---------------------------------------------------------------------------
@@ -199,19 +200,43 @@ class Runtime:
             return
         # the leftovers below are killed: make sure they are not a live master's daemons
         os.makedirs("/run/nsattach", mode=0o755, exist_ok=True)
-        lock_path = f"/run/nsattach/{instance}.lock"
-        self.lock_fd = os.open(lock_path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        try:
-            fcntl.flock(self.lock_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise SetupError(f"another nsattach runs this configuration (it holds {lock_path}): "
-                             "refusing to start the same daemons twice") from None
+        self.lock_path = f"/run/nsattach/{instance}.lock"
+        self._take_lock(self.lock_path)
         for name, pids in self.cgroups.leftovers().items():
             self.log(f"found {len(pids)} process(es) left in the cgroup of daemon {name} by an earlier "
                      f"nsattach (pids: {' '.join(map(str, pids[:20]))}): killing them", "warning")
             if not self.cgroups.sweep(name):
                 self.log(f"the cgroup of daemon {name} could not be emptied", "error")
             self.cgroups.remove(name)
+
+    def _take_lock(self, path: str) -> None:
+        """flock the instance's lock file. The file is removed at exit, so a lock taken on a
+        file that was unlinked meanwhile is worthless: check the inode, try again once."""
+        for _ in range(2):
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_CLOEXEC, 0o600)
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                os.close(fd)
+                raise SetupError(f"another nsattach runs this configuration (it holds {path}): "
+                                 "refusing to start the same daemons twice") from None
+            try:
+                if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                    self.lock_fd = fd
+                    return
+            except FileNotFoundError:
+                pass
+            os.close(fd)
+        raise SetupError(f"could not take the lock {path}: it keeps being replaced")
+
+    def _release_lock(self) -> None:
+        if self.lock_fd >= 0:
+            try:
+                os.unlink(self.lock_path)      # still holding it: nobody can be in between
+            except OSError:
+                pass
+            os.close(self.lock_fd)
+            self.lock_fd = -1
 
     def _in_cgroup(self, d) -> bool:
         return self.cgroups is not None and (d.kind is DaemonKind.DUMB or d.legion is not None)
@@ -333,6 +358,7 @@ class Runtime:
     def finish(self) -> None:
         self._stop_legions(reload=False)
         self._sweep_cgroups()
+        self._release_lock()
         for fd in self.pidfds.values():
             os.close(fd)
         self.pidfds.clear()
