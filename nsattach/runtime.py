@@ -285,6 +285,7 @@ class Runtime:
                              f"(pids: {' '.join(map(str, left[:20]))}) [{name}]", "warning")
                     self.cgroups.sweep(name)
                 self.cgroups.remove(name)
+        self.cgroups.remove_instance()
 
     # -- operator-stopped daemons survive a restart of nsattach (anchors P7) ----------------------
 

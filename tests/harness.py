@@ -238,6 +238,22 @@ class Nsattach:
             self.proc.kill()
             self.proc.wait(5)
         self.log_file.close()
+        forget_instance(self.config)
+
+
+def forget_instance(config: Path) -> None:
+    """What a master killed with SIGKILL leaves on the host for its config: its daemons'
+    cgroups and its lock file (a clean stop removes both itself)."""
+    from nsattach.system.cgroup import Cgroups, find_hierarchy, instance_name
+
+    instance = instance_name([str(config)])
+    found = find_hierarchy()
+    if found is not None:
+        Cgroups(found[0], found[1], instance).clear()
+    try:
+        os.unlink(f"/run/nsattach/{instance}.lock")
+    except OSError:
+        pass
 
 
 

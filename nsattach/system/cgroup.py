@@ -122,6 +122,25 @@ class Cgroups:
             if exc.errno not in (errno.ENOENT, errno.EBUSY, errno.ENOTEMPTY):
                 raise
 
+    def remove_instance(self) -> None:
+        """At a clean exit: the instance's own directory, once its daemons' are gone."""
+        try:
+            os.rmdir(self.base)
+        except OSError:
+            pass         # a daemon cgroup still holds something: the next start sweeps it
+
+    def clear(self) -> None:
+        """Kill whatever is left in every daemon cgroup of the instance and remove them all
+        (used by tests after killing a master; a running master does this per daemon)."""
+        try:
+            names = [n for n in os.listdir(self.base) if os.path.isdir(os.path.join(self.base, n))]
+        except OSError:
+            return
+        for name in names:
+            self.sweep(name)
+            self.remove(name)
+        self.remove_instance()
+
     def leftovers(self) -> dict[str, list[int]]:
         """Daemon cgroups of this instance that still hold processes (a master killed hard)."""
         found = {}
