@@ -82,24 +82,11 @@ class Runtime:
 
     def start(self) -> None:
         plan = self.plan
+        # the pidfile, chdir, logto and the first env= were done by the start-up sequence
+        # (startup.py), in uWSGI's order; the runtime plan it passes no longer carries them
         self._raise_fd_limit()
-        if plan.master.logto:
-            open_logto(plan.master.logto)
         linux.set_child_subreaper()
         self._setup_cgroups(plan)
-        self._apply_env(plan)
-        if plan.master.chdir:
-            try:
-                os.chdir(plan.master.chdir)
-            except OSError as exc:
-                raise SetupError(f"chdir({plan.master.chdir}): {exc.strerror}") from None
-            self.log(f"chdir() to {plan.master.chdir}")
-        if plan.master.pidfile:
-            try:
-                pidfile.write_pid(plan.master.pidfile, os.getpid())
-            except OSError as exc:
-                raise SetupError(f"writing pidfile {plan.master.pidfile}: {exc.strerror}") from None
-            self.log(f"writing pidfile to {plan.master.pidfile}")
         signal.signal(signal.SIGPIPE, signal.SIG_IGN)
         if self.control_sock is not None:
             self._serve_control(self.control_sock, plan.master.control_group)
@@ -373,12 +360,6 @@ class Runtime:
             self.fifo_fd = -1
         self.notifier.close()
         self.loop.close()
-        if self.plan.master.pidfile and self.plan.master.vacuum:
-            try:
-                pidfile.remove(self.plan.master.pidfile)
-                self.log("VACUUM: pidfile removed.")
-            except OSError as exc:
-                self.log(f"VACUUM: cannot remove {self.plan.master.pidfile}: {exc.strerror}", "warning")
         if self.on_exit is not None:
             self.on_exit()
         self.log("goodbye to nsattach.")
@@ -730,8 +711,10 @@ class Runtime:
         d = self.core.daemons.get(e.name)
         if d is not None and self._in_cgroup(d.plan):
             # the cgroup also holds what left the session (setsid) or was orphaned
-            pids.update(p for p in self.cgroups.members(e.name) if procfs.read_stat(p) is not None
-                        and not procfs.read_stat(p).is_zombie)
+            for pid in self.cgroups.members(e.name):
+                st = procfs.read_stat(pid)
+                if st is not None and not st.is_zombie:
+                    pids.add(pid)
         self.post(ev.RemnantsFound(time.monotonic(), e.name, tuple(sorted(pids))))
 
     def _do_KillPids(self, e: fx.KillPids) -> None:

@@ -289,8 +289,9 @@ class Startup:
     def _runtime_plan(self, plan: Plan, *, initial: bool) -> Plan:
         """What the Runtime still has to do. The pidfile and chdir are done here, in uWSGI's
         order (the pidfile by the process outside a jail or a PID namespace), and so is the
-        initial env= (a putenv hook keeps its value). logto is left to the Runtime (it reopens
-        it on SIGUSR2) unless its path is out of reach: inside a jail, or after a uid drop.
+        initial env= (a putenv hook keeps its value), and logto is opened here too; the Runtime
+        keeps its path to reopen it on SIGUSR2, unless that path is out of reach: inside a
+        jail, or after a uid drop.
         The control socket was bound before either (see _bind_control_socket)."""
         master = replace(plan.master, pidfile=None, chdir=None)
         if self.jailed or plan.master.identity.changes_anything:
