@@ -517,13 +517,7 @@ class Runtime:
         self.drain()
 
     def _reap(self, now: float) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, status in linux.reap_children():
             if pid in self.action_children:
                 self._on_action_exit(pid, status)
                 continue

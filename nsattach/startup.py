@@ -631,13 +631,7 @@ class JailMonitor:
             self.log(f"{_signame(signum)} forwarded to the jailed master (pid: {self.p1})")
 
     def _reap(self) -> None:
-        while True:
-            try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
-            except ChildProcessError:
-                return
-            if pid == 0:
-                return
+        for pid, status in linux.reap_children():
             if pid == self.p1 and self.status is None:
                 self.status = status
                 self.loop.stop()

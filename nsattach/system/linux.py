@@ -453,3 +453,15 @@ def exit_like(status: int) -> NoReturn:
     if os.WIFEXITED(status):
         os._exit(os.WEXITSTATUS(status))
     os._exit(1)
+
+
+def reap_children():
+    """Yield (pid, wait status) for every child that has exited, without blocking."""
+    while True:
+        try:
+            pid, status = os.waitpid(-1, os.WNOHANG)
+        except ChildProcessError:
+            return
+        if pid == 0:
+            return
+        yield pid, status
